@@ -1,0 +1,71 @@
+"""Typed configuration with defaults for preprocessing, the model, training and serving."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PreprocessConfig(_Frozen):
+    """How a decoded slice becomes the model's input; stored in the model's metadata."""
+
+    size: int = Field(128, ge=16, le=1024, description="side of the square input in pixels")
+    crop_foreground: bool = Field(True, description="crop to the body before resizing")
+    foreground_threshold: float = Field(0.1, gt=0, lt=1, description="intensity that counts as body")
+    low_percentile: float = Field(0.5, ge=0, lt=50)
+    high_percentile: float = Field(99.5, gt=50, le=100)
+
+
+class DecodeConfig(_Frozen):
+    """Limits applied while decoding untrusted uploads."""
+
+    max_pixels: int = Field(40_000_000, gt=0, description="decompression-bomb limit (width x height)")
+    dicom_window_center: float = -600.0
+    dicom_window_width: float = 1500.0
+
+
+class ModelConfig(_Frozen):
+    """Shape of the residual CNN."""
+
+    width: int = Field(24, ge=4, description="filters of the first stage; doubled every stage")
+    stages: int = Field(4, ge=1, le=6)
+    blocks_per_stage: int = Field(1, ge=1, le=8)
+    dropout: float = Field(0.3, ge=0, lt=1)
+
+
+class TrainConfig(_Frozen):
+    """Optimisation recipe."""
+
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: int = Field(3, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    patience: int = Field(15, ge=1, description="early-stopping patience on valid accuracy")
+    seed: int = 1337
+    augment: bool = True
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"LUNGCT_{name}", default)
+
+
+class ServeConfig(_Frozen):
+    """Service settings; every field can be set with a LUNGCT_<FIELD> environment variable."""
+
+    model_tag: str = "lungct:latest"
+    max_batch_size: int = Field(32, gt=1)
+    max_latency_ms: int = Field(1000, gt=0)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_files_per_batch: int = Field(64, gt=0)
+
+    @classmethod
+    def from_env(cls) -> "ServeConfig":
+        fields = {name: _env(name.upper(), "") for name in cls.model_fields}
+        return cls(**{k: v for k, v in fields.items() if v})

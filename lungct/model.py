@@ -1,0 +1,41 @@
+"""The residual CNN (Keras functional API), trained from scratch."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from lungct.config import ModelConfig
+from lungct.labels import CLASSES
+
+
+def _conv_bn(x, filters: int, stride: int = 1, name: str = ""):
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    return layers.BatchNormalization(name=f"{name}_bn")(x)
+
+
+def residual_block(x, filters: int, stride: int, name: str):
+    """Two 3x3 conv-BN layers plus a shortcut (1x1 projection when the shape changes)."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.ReLU(name=f"{name}_relu1")(_conv_bn(x, filters, stride, f"{name}_a"))
+    y = _conv_bn(y, filters, 1, f"{name}_b")
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def build_model(config: ModelConfig, input_size: int, channels: int = 1) -> keras.Model:
+    """Stem, `stages` stages of residual blocks (width doubling, stride 2), pooling, softmax."""
+    inputs = keras.Input((input_size, input_size, channels), name="slice")
+    x = layers.ReLU(name="stem_relu")(_conv_bn(inputs, config.width, 2, "stem"))
+    for stage in range(config.stages):
+        filters = config.width * 2**stage
+        for block in range(config.blocks_per_stage):
+            stride = 2 if block == 0 and stage > 0 else 1
+            x = residual_block(x, filters, stride, f"s{stage}b{block}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(config.dropout, name="dropout")(x)
+    outputs = layers.Dense(len(CLASSES), name="logits")(x)
+    return keras.Model(inputs, outputs, name="lungct_resnet")

@@ -1,0 +1,108 @@
+"""Saving to and loading from the BentoML model store, with the model's metadata beside the weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
+from lungct.labels import CLASSES
+
+MODEL_NAME = "lungct"
+WEIGHTS_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+CARD_FILE = "MODEL_CARD.md"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models"
+IMPORT_COMMAND = "python -m lungct.import_model"
+
+
+class ModelMissingError(RuntimeError):
+    """The requested model is absent from the store or cannot be loaded."""
+
+
+class ModelInfo(BaseModel):
+    """Everything needed to serve a model correctly, stored as the BentoML model's metadata."""
+
+    classes: list[str] = Field(default_factory=lambda: list(CLASSES))
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    temperature: float = Field(1.0, gt=0, description="softmax temperature from calibration")
+    data_fingerprint: str = ""
+    metrics: dict = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    training_seconds: float = 0.0
+
+
+def framework_versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"keras": keras.__version__, "tensorflow": tf.__version__}
+
+
+def save_to_store(model, info: ModelInfo, version: str | None = None) -> str:
+    """Save a Keras model and its metadata as ``lungct:<version>``; returns the tag."""
+    import bentoml
+
+    tag = f"{MODEL_NAME}:{version}" if version else MODEL_NAME
+    with bentoml.models.create(tag, metadata=info.model_dump(mode="json"), labels={"framework": "keras"}) as bento_model:
+        model.save(bento_model.path_of(WEIGHTS_FILE))
+        Path(bento_model.path_of(METADATA_FILE)).write_text(info.model_dump_json(indent=2))
+    return str(bento_model.tag)
+
+
+def load_from_store(tag: str = f"{MODEL_NAME}:latest"):
+    """Return (keras model, ModelInfo, full tag, creation time) or raise ModelMissingError."""
+    import bentoml
+    import keras
+
+    hint = f"import the shipped model with `{IMPORT_COMMAND}` or train one with `python -m training.train`"
+    try:
+        bento_model = bentoml.models.get(tag)
+    except Exception as exc:
+        raise ModelMissingError(f"model {tag!r} is not in the BentoML model store: {hint}") from exc
+    try:
+        info = ModelInfo.model_validate(bento_model.info.metadata)
+        model = keras.saving.load_model(bento_model.path_of(WEIGHTS_FILE), compile=False)
+    except Exception as exc:
+        raise ModelMissingError(f"model {bento_model.tag} in the store cannot be loaded ({exc}): {hint}") from exc
+    created = bento_model.info.creation_time.astimezone(timezone.utc).isoformat()
+    return model, info, str(bento_model.tag), created
+
+
+def export_shipped(tag: str, folder: Path = SHIPPED_DIR) -> Path:
+    """Copy a stored model's weights and metadata into ``models/`` for committing."""
+    import bentoml
+
+    bento_model = bentoml.models.get(tag)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bento_model.path_of(WEIGHTS_FILE), folder / WEIGHTS_FILE)
+    metadata = json.loads(Path(bento_model.path_of(METADATA_FILE)).read_text())
+    metadata["tag"] = str(bento_model.tag)
+    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return folder
+
+
+def import_shipped(folder: Path = SHIPPED_DIR) -> str:
+    """Put the model committed under ``models/`` into the local store unless it is already there."""
+    import bentoml
+    import keras
+
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    tag = metadata.pop("tag")
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except bentoml.exceptions.NotFound:
+        pass
+    info = ModelInfo.model_validate(metadata)
+    model = keras.saving.load_model(folder / WEIGHTS_FILE, compile=False)
+    return save_to_store(model, info, version=tag.split(":", 1)[1])
+
+
+def stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")

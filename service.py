@@ -1,0 +1,140 @@
+"""LungCT BentoML service: chest CT slice classification with adaptive batching.
+
+Research use only, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import bentoml
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from lungct.config import DecodeConfig, ServeConfig
+from lungct.decode import DecodeError
+from lungct.middleware import UploadGuard, UploadRoute, error_body
+from lungct.predictor import Predictor
+from lungct.preprocess import load_tensor
+
+CONFIG = ServeConfig.from_env()
+RESEARCH_ONLY = "Research use only, not for diagnosis."
+
+
+class Prediction(BaseModel):
+    """The class with the highest calibrated probability, and all four probabilities."""
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
+
+    class_name: str = Field(alias="class", description="predicted class")
+    confidence: float = Field(description="probability of the predicted class")
+    probabilities: dict[str, float] = Field(description="probability of every class")
+    model: str = Field(description="tag of the model that answered")
+
+
+class BatchItem(BaseModel):
+    """One file of a batch: its prediction, or the error that file alone caused."""
+
+    index: int
+    prediction: Prediction | None = None
+    error: str | None = None
+
+
+def _model_info(_: Request) -> JSONResponse:
+    return JSONResponse(bentoml.get_current_service().describe())
+
+
+info_app = Starlette(routes=[Route("/", _model_info, methods=["GET"])])
+
+
+@bentoml.asgi_app(info_app, path="/model")
+@bentoml.service(
+    name="lungct",
+    workers=1,
+    traffic={"timeout": 60},
+    # bentoml issue 5540: the self-client rebuilds its session every 100 calls and kills
+    # requests in flight; never rebuild it.
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
+)
+class LungCT:
+    """Classifies a chest CT slice as adenocarcinoma, large cell carcinoma, squamous cell carcinoma or normal."""
+
+    def __init__(self) -> None:
+        self.predictor = Predictor.from_store(CONFIG.model_tag)
+        self.preprocess = self.predictor.info.preprocess
+        self.decode = DecodeConfig()
+        self.limiter = anyio.CapacityLimiter(2)
+
+    def describe(self) -> dict:
+        info = self.predictor.info
+        return {
+            "tag": self.predictor.tag,
+            "created": self.predictor.created,
+            "classes": info.classes,
+            "input_size": info.preprocess.size,
+            "preprocess": info.preprocess.model_dump(),
+            "temperature": info.temperature,
+            "metrics": info.metrics,
+            "versions": info.versions,
+            "notice": RESEARCH_ONLY,
+        }
+
+    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
+    def classify(self, tensors: np.ndarray) -> np.ndarray:
+        """Model call on preprocessed tensors (N, size, size, 1); batched across requests."""
+        expected = (self.preprocess.size, self.preprocess.size, 1)
+        if tensors.ndim != 4 or tensors.shape[1:] != expected:
+            raise bentoml.exceptions.InvalidArgument(f"tensors must have shape (N, {expected})")
+        return self.predictor.probabilities(tensors)
+
+    async def _tensor(self, path: Path) -> np.ndarray:
+        data = await anyio.Path(path).read_bytes()
+        return await anyio.to_thread.run_sync(load_tensor, data, "upload", self.preprocess, self.decode, limiter=self.limiter)
+
+    def _prediction(self, probabilities: np.ndarray) -> Prediction:
+        classes = self.predictor.info.classes
+        best = int(np.argmax(probabilities))
+        return Prediction(
+            class_name=classes[best], confidence=float(probabilities[best]),
+            probabilities={c: float(p) for c, p in zip(classes, probabilities)}, model=self.predictor.tag,
+        )
+
+    @bentoml.api
+    async def predict(self, image: Path) -> Prediction:
+        """Classify one CT slice (PNG, JPEG or DICOM) sent as multipart field `image`. Research use only, not for diagnosis."""
+        try:
+            tensor = await self._tensor(image)
+        except DecodeError as exc:
+            return JSONResponse({"error": exc.reason}, status_code=400)
+        probabilities = await self.to_async.classify(tensor[np.newaxis])
+        return self._prediction(np.asarray(probabilities)[0])
+
+    @bentoml.api
+    async def predict_batch(self, images: list[Path]) -> list[BatchItem]:
+        """Classify several slices sent as repeated multipart field `images`; answers keep the upload order. Research use only, not for diagnosis."""
+        items: list[BatchItem] = []
+        tensors: list[np.ndarray] = []
+        for index, path in enumerate(images):
+            try:
+                tensors.append(await self._tensor(path))
+                items.append(BatchItem(index=index))
+            except DecodeError as exc:
+                items.append(BatchItem(index=index, error=exc.reason))
+        if tensors:
+            probabilities = iter(np.asarray(await self.to_async.classify(np.stack(tensors))))
+            for item in items:
+                if item.error is None:
+                    item.prediction = self._prediction(next(probabilities))
+        return items
+
+
+LungCT.add_asgi_middleware(
+    UploadGuard,
+    routes={"/predict": UploadRoute("image", 1), "/predict_batch": UploadRoute("images", CONFIG.max_files_per_batch)},
+    max_bytes=CONFIG.max_upload_bytes,
+)

@@ -1,0 +1,115 @@
+"""Loading labelled files into arrays through lungct's one preprocessing path, and tf.data pipelines."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lungct.config import PreprocessConfig
+from lungct.dataset import Sample, duplicate_groups, file_digest
+from lungct.decode import DecodeError
+from lungct.labels import CLASSES
+from lungct.preprocess import load_file, resize
+
+log = logging.getLogger("lungct.training")
+
+
+@dataclass
+class LoadedSet:
+    images: np.ndarray
+    labels: np.ndarray
+    samples: list[Sample]
+    digests: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+    def subset(self, index: np.ndarray) -> "LoadedSet":
+        return LoadedSet(
+            self.images[index], self.labels[index], [self.samples[i] for i in index], [self.digests[i] for i in index]
+        )
+
+    def groups(self) -> np.ndarray:
+        thumbnails = np.stack([resize(image[..., 0], 16) for image in self.images])
+        return duplicate_groups(self.digests, thumbnails)
+
+
+def load_set(samples: list[Sample], config: PreprocessConfig) -> LoadedSet:
+    """Decode and preprocess every sample; unreadable files are skipped with a warning naming each."""
+    images, labels, kept, digests, skipped = [], [], [], [], []
+    for sample in samples:
+        try:
+            images.append(load_file(sample.path, config))
+        except (DecodeError, OSError) as exc:
+            log.warning("skipping %s", exc)
+            skipped.append(str(sample.path))
+            continue
+        labels.append(sample.label)
+        kept.append(sample)
+        digests.append(file_digest(sample.path))
+    if not kept:
+        raise ValueError("no readable images were found")
+    return LoadedSet(np.stack(images), np.array(labels, dtype=np.int64), kept, digests, skipped)
+
+
+def concat(a: LoadedSet, b: LoadedSet) -> LoadedSet:
+    return LoadedSet(
+        np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]),
+        a.samples + b.samples, a.digests + b.digests, a.skipped + b.skipped,
+    )
+
+
+def clean_training_set(data: LoadedSet) -> LoadedSet:
+    """Drop files whose bytes appear under two labels, and keep one copy of each exact duplicate."""
+    labels_by_digest: dict[str, set[int]] = {}
+    for digest, label in zip(data.digests, data.labels):
+        labels_by_digest.setdefault(digest, set()).add(int(label))
+    seen: set[str] = set()
+    keep = []
+    for i, digest in enumerate(data.digests):
+        if len(labels_by_digest[digest]) > 1:
+            log.warning("dropping %s: the same bytes are labelled %s", data.samples[i].path,
+                        sorted(CLASSES[j] for j in labels_by_digest[digest]))
+        elif digest not in seen:
+            keep.append(i)
+        seen.add(digest)
+    return data.subset(np.array(keep))
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=len(CLASSES)).astype(float)
+    weights = counts.sum() / (len(CLASSES) * np.maximum(counts, 1))
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def augmenter(seed: int):
+    """Augmentation for CT slices: mirror, small rotations, zoom, shifts, contrast."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
+            layers.RandomZoom(0.12, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed),
+            layers.RandomContrast(0.2, seed=seed),
+        ],
+        name="augment",
+    )
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: bool, shuffle: bool):
+    """A tf.data pipeline of (image, one-hot label) batches."""
+    import tensorflow as tf
+
+    one_hot = np.eye(len(CLASSES), dtype=np.float32)[labels]
+    ds = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), one_hot))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment:
+        aug = augmenter(seed)
+        ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

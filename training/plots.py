@@ -1,0 +1,43 @@
+"""Training curves and confusion-matrix figures for a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lungct.labels import CLASSES  # noqa: E402
+
+
+def plot_history(history: dict[str, list[float]], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(history.get(key, []), label=f"train {key}")
+        ax.plot(history.get(f"val_{key}", []), label=f"valid {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], path: Path, title: str = "confusion matrix (valid)") -> None:
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.imshow(matrix, cmap="Blues")
+    short = [c.split(".")[0] if "." in c else c for c in CLASSES]
+    ax.set_xticks(range(len(CLASSES)), short, rotation=30)
+    ax.set_yticks(range(len(CLASSES)), short)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,178 @@
+"""`python -m training.train --data PATH`: train the residual CNN and save it into the BentoML model store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lungct.calibration import expected_calibration_error, fit_temperature
+from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
+from lungct.dataset import DatasetError, fingerprint, grouped_folds, list_samples, resolve_split
+from lungct.metrics import classification_report, format_report
+from lungct.predictor import softmax
+from lungct.store import ModelInfo, framework_versions, save_to_store, stamp
+from training.data import LoadedSet, class_weights, clean_training_set, concat, load_set, make_dataset
+
+log = logging.getLogger("lungct.training")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", type=Path, required=True, help="Kaggle root (Data/ with train/ and valid/) or a folder of class folders")
+    p.add_argument("--cv", type=int, default=0, metavar="K", help="grouped K-fold cross-validation over train+valid first")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders (curves, confusion matrix, metrics.json) go")
+    p.add_argument("--no-save", action="store_true", help="do not save into the BentoML model store")
+    for name, field in {**TrainConfig.model_fields, **ModelConfig.model_fields}.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=None, help=field.description)
+    p.add_argument("--size", type=int, default=None, help="input side in pixels")
+    return p.parse_args(argv)
+
+
+def configs_from(args: argparse.Namespace) -> tuple[PreprocessConfig, ModelConfig, TrainConfig]:
+    def pick(cls):
+        return cls(**{k: getattr(args, k) for k in cls.model_fields if getattr(args, k, None) is not None})
+
+    return pick(PreprocessConfig), pick(ModelConfig), pick(TrainConfig)
+
+
+def load_splits(data: Path, config: PreprocessConfig, seed: int) -> tuple[LoadedSet, LoadedSet]:
+    """Kaggle train/valid when present, else a grouped hold-out fifth of a folder of class folders."""
+    try:
+        train_dir, valid_dir = resolve_split(data, "train"), resolve_split(data, "valid")
+    except DatasetError:
+        everything = load_set(list_samples(data), config)
+        folds = grouped_folds(everything.groups(), everything.labels, 5, seed)
+        return everything.subset(np.flatnonzero(folds != 0)), everything.subset(np.flatnonzero(folds == 0))
+    return load_set(list_samples(train_dir), config), load_set(list_samples(valid_dir), config)
+
+
+class EpochSummary:
+    """A Keras callback printing one line per epoch."""
+
+    def __new__(cls, epochs: int):
+        import keras
+
+        class _Summary(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                parts = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
+                print(f"epoch {epoch + 1}/{epochs} {parts} ({time.perf_counter() - self.start:.1f}s)", flush=True)
+
+        return _Summary()
+
+
+def fit(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg: ModelConfig, tcfg: TrainConfig):
+    """Train from scratch; early stopping on valid accuracy when a valid set is given."""
+    import keras
+
+    from lungct.model import build_model
+
+    keras.utils.set_random_seed(tcfg.seed)
+    train = clean_training_set(train)
+    model = build_model(mcfg, pcfg.size)
+    steps = int(np.ceil(len(train.labels) / tcfg.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, steps * (tcfg.epochs - tcfg.warmup_epochs)),
+        warmup_target=tcfg.learning_rate, warmup_steps=steps * tcfg.warmup_epochs,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=tcfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=tcfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    callbacks = [EpochSummary(tcfg.epochs)]
+    val_ds = None
+    if valid is not None:
+        val_ds = make_dataset(valid.images, valid.labels, 64, tcfg.seed, augment=False, shuffle=False)
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=tcfg.patience, restore_best_weights=True))
+    history = model.fit(
+        make_dataset(train.images, train.labels, tcfg.batch_size, tcfg.seed, tcfg.augment, shuffle=True),
+        validation_data=val_ds, epochs=tcfg.epochs, class_weight=class_weights(train.labels),
+        callbacks=callbacks, verbose=1,
+    )
+    return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def predict_logits(model, images: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(images, batch_size=64, verbose=0))
+
+
+def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg) -> dict:
+    """Grouped K-fold CV: duplicates and near duplicates always stay in one fold; fixed epochs, no early stopping."""
+    folds = grouped_folds(data.groups(), data.labels, k, tcfg.seed)
+    results = []
+    for fold in range(k):
+        held = np.flatnonzero(folds == fold)
+        model, _ = fit(data.subset(np.flatnonzero(folds != fold)), None, pcfg, mcfg, tcfg)
+        report = classification_report(data.labels[held], predict_logits(model, data.images[held]).argmax(1))
+        print(f"fold {fold + 1}/{k}: n {report['n']} accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f}", flush=True)
+        results.append(report)
+    acc = np.array([r["accuracy"] for r in results])
+    f1 = np.array([r["macro_f1"] for r in results])
+    summary = {
+        "k": k, "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+        "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()),
+        "folds": [{"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for r in results],
+    }
+    print(f"{k}-fold grouped CV: accuracy {acc.mean():.4f} ± {acc.std():.4f}, macro-F1 {f1.mean():.4f} ± {f1.std():.4f}")
+    return summary
+
+
+def write_run(run_dir: Path, history: dict, metrics: dict) -> None:
+    from training.plots import plot_confusion, plot_history
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plot_history(history, run_dir / "curves.png")
+    plot_confusion(metrics["valid"]["confusion_matrix"], run_dir / "confusion_valid.png")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = parse_args(argv)
+    pcfg, mcfg, tcfg = configs_from(args)
+    started = time.perf_counter()
+    try:
+        train, valid = load_splits(args.data, pcfg, tcfg.seed)
+    except (DatasetError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    skipped = train.skipped + valid.skipped
+    metrics: dict = {}
+    if args.cv:
+        metrics["cv"] = cross_validate(concat(train, valid), args.cv, pcfg, mcfg, tcfg)
+    model, history = fit(train, valid, pcfg, mcfg, tcfg)
+    logits = predict_logits(model, valid.images)
+    temperature = fit_temperature(logits, valid.labels)
+    report = classification_report(valid.labels, logits.argmax(1))
+    report["ece_before"] = expected_calibration_error(softmax(logits), valid.labels)
+    report["ece_after"] = expected_calibration_error(softmax(logits, temperature), valid.labels)
+    metrics["valid"] = report
+    seconds = time.perf_counter() - started
+    print(format_report(report))
+    info = ModelInfo(
+        preprocess=pcfg, model=mcfg, train=tcfg, temperature=temperature,
+        data_fingerprint=fingerprint(train.samples + valid.samples),
+        metrics=metrics, versions=framework_versions(), training_seconds=round(seconds, 1),
+    )
+    run_dir = args.runs / stamp()
+    write_run(run_dir, history, metrics)
+    tag = "(not saved)" if args.no_save else save_to_store(model, info)
+    print(
+        f"summary: train {len(train.labels)} valid {len(valid.labels)} skipped {len(skipped)} "
+        f"valid accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f} temperature {temperature:.3f} "
+        f"time {seconds:.0f}s model {tag} run {run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
