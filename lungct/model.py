@@ -11,7 +11,7 @@ from lungct.labels import CLASSES
 
 def _conv_bn(x, filters: int, stride: int = 1, name: str = ""):
     x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    return layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
 
 
 def residual_block(x, filters: int, stride: int, name: str):
@@ -19,7 +19,7 @@ def residual_block(x, filters: int, stride: int, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = layers.BatchNormalization(momentum=0.9, name=f"{name}_proj_bn")(shortcut)
     y = layers.ReLU(name=f"{name}_relu1")(_conv_bn(x, filters, stride, f"{name}_a"))
     y = _conv_bn(y, filters, 1, f"{name}_b")
     y = layers.Add(name=f"{name}_add")([shortcut, y])

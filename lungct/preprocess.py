@@ -36,10 +36,10 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def stretch_contrast(image: np.ndarray, low_percentile: float, high_percentile: float) -> np.ndarray:
-    low, high = np.percentile(image, (low_percentile, high_percentile))
+    low, high = np.percentile(image, (low_percentile, high_percentile)).astype(np.float32)
     if high <= low:
         return np.zeros_like(image)
-    return np.clip((image - low) / (high - low), 0.0, 1.0)
+    return np.clip((image - low) / (high - low), 0.0, 1.0, dtype=np.float32)
 
 
 def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:

@@ -93,7 +93,8 @@ def fit(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg:
     if valid is not None:
         val_ds = make_dataset(valid.images, valid.labels, 64, tcfg.seed, augment=False, shuffle=False)
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=tcfg.patience, restore_best_weights=True))
+            monitor="val_accuracy", mode="max", patience=tcfg.patience, restore_best_weights=True,
+            start_from_epoch=tcfg.epochs // 3))
     history = model.fit(
         make_dataset(train.images, train.labels, tcfg.batch_size, tcfg.seed, tcfg.augment, shuffle=True),
         validation_data=val_ds, epochs=tcfg.epochs, class_weight=class_weights(train.labels),
