@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from lungct.config import DecodeConfig, ServeConfig
 from lungct.decode import DecodeError
-from lungct.middleware import UploadGuard, UploadRoute, error_body
+from lungct.middleware import UploadGuard, UploadRoute
 from lungct.predictor import Predictor
 from lungct.preprocess import load_tensor
 
@@ -43,6 +43,14 @@ class BatchItem(BaseModel):
     index: int
     prediction: Prediction | None = None
     error: str | None = None
+
+
+class Overloaded(Exception):
+    """The batching queue waited longer than max_latency_ms: answer 503 with Retry-After."""
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": "the server is overloaded; retry later"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
 
 def _model_info(_: Request) -> JSONResponse:
@@ -96,6 +104,13 @@ class LungCT:
         data = await anyio.Path(path).read_bytes()
         return await anyio.to_thread.run_sync(load_tensor, data, "upload", self.preprocess, self.decode, limiter=self.limiter)
 
+    async def _classify(self, tensors: np.ndarray) -> np.ndarray:
+        """Through the batching dispatcher, so concurrent requests share one model call."""
+        try:
+            return np.asarray(await self.to_async.classify(tensors))
+        except bentoml.exceptions.ServiceUnavailable as exc:
+            raise Overloaded() from exc
+
     def _prediction(self, probabilities: np.ndarray) -> Prediction:
         classes = self.predictor.info.classes
         best = int(np.argmax(probabilities))
@@ -111,8 +126,11 @@ class LungCT:
             tensor = await self._tensor(image)
         except DecodeError as exc:
             return JSONResponse({"error": exc.reason}, status_code=400)
-        probabilities = await self.to_async.classify(tensor[np.newaxis])
-        return self._prediction(np.asarray(probabilities)[0])
+        try:
+            probabilities = await self._classify(tensor[np.newaxis])
+        except Overloaded as exc:
+            return exc.response()
+        return self._prediction(probabilities[0])
 
     @bentoml.api
     async def predict_batch(self, images: list[Path]) -> list[BatchItem]:
@@ -126,7 +144,10 @@ class LungCT:
             except DecodeError as exc:
                 items.append(BatchItem(index=index, error=exc.reason))
         if tensors:
-            probabilities = iter(np.asarray(await self.to_async.classify(np.stack(tensors))))
+            try:
+                probabilities = iter(await self._classify(np.stack(tensors)))
+            except Overloaded as exc:
+                return exc.response()
             for item in items:
                 if item.error is None:
                     item.prediction = self._prediction(next(probabilities))
@@ -137,4 +158,5 @@ LungCT.add_asgi_middleware(
     UploadGuard,
     routes={"/predict": UploadRoute("image", 1), "/predict_batch": UploadRoute("images", CONFIG.max_files_per_batch)},
     max_bytes=CONFIG.max_upload_bytes,
+    aliases={"/model": "/model/"},
 )

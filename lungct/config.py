@@ -61,7 +61,7 @@ class ServeConfig(_Frozen):
 
     model_tag: str = "lungct:latest"
     max_batch_size: int = Field(32, gt=1)
-    max_latency_ms: int = Field(1000, gt=0)
+    max_latency_ms: int = Field(20_000, gt=0, description="longest a request may queue for the model (503 beyond)")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_files_per_batch: int = Field(64, gt=0)
 

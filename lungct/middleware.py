@@ -1,4 +1,4 @@
-"""ASGI middleware guarding the upload endpoints before BentoML parses them.
+"""ASGI middleware guarding the upload endpoints before BentoML parses them (and aliasing paths).
 
 BentoML turns several malformed uploads into 500s (a wrong field name, a text value where a
 file is expected) and would read a server path sent as JSON. This guard buffers the body up
@@ -52,10 +52,12 @@ def _form_problem(form, route: UploadRoute) -> str | None:
 
 
 class UploadGuard:
-    def __init__(self, app, routes: dict[str, UploadRoute], max_bytes: int) -> None:
-        self.app, self.routes, self.max_bytes = app, routes, max_bytes
+    def __init__(self, app, routes: dict[str, UploadRoute], max_bytes: int, aliases: dict[str, str] | None = None) -> None:
+        self.app, self.routes, self.max_bytes, self.aliases = app, routes, max_bytes, aliases or {}
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path") in self.aliases:
+            scope = {**scope, "path": self.aliases[scope["path"]]}
         route = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
         if route is None or scope.get("method") != "POST":
             return await self.app(scope, receive, send)

@@ -1,0 +1,87 @@
+"""A tiny real training run into a temporary BentoML store, loaded back, and the evaluator's JSON."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lungct.predictor import Predictor
+from lungct.preprocess import load_file
+from training import evaluate, train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(samples_dir, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    code = train.main(["--data", str(samples_dir), "--epochs", "1", "--width", "8", "--stages", "2",
+                       "--size", "64", "--batch-size", "4", "--runs", str(runs)])
+    assert code == 0
+    return runs
+
+
+def test_training_saves_model_with_metadata_and_run_folder(tiny_run):
+    import bentoml
+
+    stored = bentoml.models.get("lungct:latest")
+    meta = stored.info.metadata
+    assert meta["classes"] == ["adenocarcinoma", "large.cell.carcinoma", "normal", "squamous.cell.carcinoma"]
+    assert meta["preprocess"]["size"] == 64
+    assert meta["train"]["epochs"] == 1 and meta["model"]["width"] == 8
+    assert len(meta["data_fingerprint"]) == 64
+    assert "valid" in meta["metrics"] and "accuracy" in meta["metrics"]["valid"]
+    assert set(meta["versions"]) == {"keras", "tensorflow"}
+    run = next(tiny_run.iterdir())
+    assert {p.name for p in run.iterdir()} >= {"curves.png", "confusion_valid.png", "metrics.json"}
+    assert json.loads((run / "metrics.json").read_text())["valid"]["n"] > 0
+
+
+def test_loaded_model_predicts_identically(tiny_run, sample_files):
+    import bentoml
+    import keras
+
+    predictor = Predictor.from_store("lungct:latest")
+    assert predictor.info.preprocess.size == 64, "preprocessing is re-read from the stored metadata"
+    batch = np.stack([load_file(p, predictor.info.preprocess) for p in sample_files])
+    direct = keras.saving.load_model(bentoml.models.get("lungct:latest").path_of("model.keras"), compile=False)
+    assert np.array_equal(predictor.logits(batch), direct.predict(batch, verbose=0))
+    again = Predictor.from_store(predictor.tag)
+    assert np.array_equal(predictor.probabilities(batch), again.probabilities(batch))
+
+
+def test_corrupt_file_is_skipped_and_counted(samples_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(samples_dir, data)
+    (data / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    code = train.main(["--data", str(data), "--epochs", "1", "--width", "8", "--stages", "1", "--size", "32",
+                       "--runs", str(tmp_path / "runs"), "--no-save"])
+    assert code == 0
+    assert "skipped 1" in capsys.readouterr().out
+
+
+def test_empty_class_folder_is_a_clear_error(samples_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(samples_dir, data)
+    for f in (data / "normal").iterdir():
+        f.unlink()
+    with pytest.raises(SystemExit, match="class folder .*normal holds no images"):
+        train.main(["--data", str(data), "--epochs", "1", "--no-save"])
+
+
+def test_evaluate_json(shipped_tag, eval_dir, tmp_path):
+    out = tmp_path / "metrics.json"
+    assert evaluate.main(["--data", str(eval_dir), "--model", shipped_tag, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "n", "model"} <= set(report)
+    assert report["model"] == shipped_tag
+    assert report["n"] == sum(row["support"] for row in report["per_class"].values())
+    assert np.array(report["confusion_matrix"]).sum() == report["n"]
+    assert 0.0 <= report["macro_f1"] <= 1.0
+
+
+def test_evaluate_kaggle_root_with_split(shipped_tag, eval_dir, tmp_path):
+    root = tmp_path / "Data"
+    shutil.copytree(eval_dir, root / "test")
+    assert evaluate.main(["--data", str(tmp_path), "--split", "test", "--model", shipped_tag]) == 0
+    with pytest.raises(SystemExit, match="no split folder 'nope'"):
+        evaluate.main(["--data", str(tmp_path), "--split", "nope", "--model", shipped_tag])
