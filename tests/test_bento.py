@@ -1,0 +1,33 @@
+"""`bentoml build` works offline and `bentoml serve <bento>` serves from the built bento."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.server import ROOT, Server
+
+BIN = Path(sys.executable).parent
+
+
+def test_built_bento_serves(tmp_path, sample_files, shipped_tag):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home")}
+    run = lambda *cmd: subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)  # noqa: E731
+    assert shipped_tag in run(str(BIN / "python"), "-m", "lungct.import_model").stdout
+    run(str(BIN / "bentoml"), "build")
+    listed = run(str(BIN / "bentoml"), "list", "-o", "json").stdout
+    assert '"lungct:' in listed
+    bento_dir = next((tmp_path / "home" / "bentos" / "lungct").glob("*/bento.yaml")).parent
+    bento_yaml = (bento_dir / "bento.yaml").read_text()
+    assert shipped_tag in bento_yaml, "the bento references the shipped model"
+    assert (bento_dir / "src" / "lungct" / "preprocess.py").exists() and (bento_dir / "src" / "service.py").exists()
+    assert not (bento_dir / "src" / "tests").exists()
+
+    with Server(target="lungct:latest", env={"BENTOML_HOME": env["BENTOML_HOME"]}, cwd=tmp_path) as server:
+        response = httpx.post(f"{server.url}/predict", files={"image": ("x.png", sample_files[0].read_bytes())})
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == shipped_tag
+        spec = httpx.get(f"{server.url}/docs.json").json()
+        assert "Research use only, not for diagnosis" in spec["info"]["description"]
