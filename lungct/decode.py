@@ -64,12 +64,16 @@ def _decode_raster(data: bytes, name: str, config: DecodeConfig) -> np.ndarray:
 
 def _to_grey_unit(image: Image.Image) -> np.ndarray:
     """Any Pillow mode to greyscale float32 in [0, 1], keeping 16-bit precision."""
+    return np.clip(np.nan_to_num(_grey(image), nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+def _grey(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         return np.clip(array / top, 0.0, 1.0)
     if image.mode == "F":
-        array = np.asarray(image, dtype=np.float32)
+        array = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         low, high = float(array.min()), float(array.max())
         return (array - low) / (high - low) if high > low else np.zeros_like(array)
     if image.mode != "L":

@@ -21,18 +21,21 @@ def foreground_box(image: np.ndarray, threshold: float, min_fraction: float = 0.
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def pad_to_square(image: np.ndarray) -> np.ndarray:
-    height, width = image.shape
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    out = np.zeros((side, side), dtype=np.float32)
-    out[top : top + height, left : left + width] = image
-    return out
-
-
-def resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     source = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))
-    return np.asarray(source.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.asarray(source.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def fit_into_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the longer side is `size` (aspect kept), then centre on a black size x size canvas."""
+    height, width = image.shape
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = resize(image, new_w, new_h)
+    out = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = resized
+    return out
 
 
 def stretch_contrast(image: np.ndarray, low_percentile: float, high_percentile: float) -> np.ndarray:
@@ -45,14 +48,14 @@ def stretch_contrast(image: np.ndarray, low_percentile: float, high_percentile: 
 def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """Greyscale [0, 1] slice -> float32 tensor (size, size, 1) in [0, 1].
 
-    Crops to the body so the framing and export size of a slice do not matter, keeps
-    the aspect ratio by padding, resizes, then stretches contrast between percentiles.
+    Crops to the body so the framing and export size of a slice do not matter, resizes
+    keeping the aspect ratio (black padding), then stretches contrast between percentiles.
     """
     image = np.asarray(image, dtype=np.float32)
     if config.crop_foreground:
         top, bottom, left, right = foreground_box(image, config.foreground_threshold)
         image = image[top:bottom, left:right]
-    image = resize(pad_to_square(image), config.size)
+    image = fit_into_square(image, config.size)
     image = stretch_contrast(image, config.low_percentile, config.high_percentile)
     return image[..., np.newaxis]
 

@@ -30,7 +30,7 @@ class LoadedSet:
         )
 
     def groups(self) -> np.ndarray:
-        thumbnails = np.stack([resize(image[..., 0], 16) for image in self.images])
+        thumbnails = np.stack([resize(image[..., 0], 16, 16) for image in self.images])
         return duplicate_groups(self.digests, thumbnails)
 
 
