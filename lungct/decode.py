@@ -36,9 +36,11 @@ def decode_image(data: bytes, name: str = "<upload>", config: DecodeConfig = Dec
     if not data:
         raise DecodeError(name, "the file is empty")
     try:
-        if is_dicom(data):
-            return _decode_dicom(data, name, config)
-        return _decode_raster(data, name, config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pydicom warns on every malformed element
+            if is_dicom(data):
+                return _decode_dicom(data, name, config)
+            return _decode_raster(data, name, config)
     except DecodeError:
         raise
     except Exception as exc:  # any decoder failure on hostile bytes is a decode error
