@@ -85,3 +85,16 @@ def test_evaluate_kaggle_root_with_split(shipped_tag, eval_dir, tmp_path):
     assert evaluate.main(["--data", str(tmp_path), "--split", "test", "--model", shipped_tag]) == 0
     with pytest.raises(SystemExit, match="no split folder 'nope'"):
         evaluate.main(["--data", str(tmp_path), "--split", "nope", "--model", shipped_tag])
+
+
+def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path, capsys):
+    code = train.main(["--data", str(samples_dir), "--cv", "2", "--epochs", "1", "--width", "8", "--stages", "1",
+                       "--size", "32", "--runs", str(tmp_path), "--no-save"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "2-fold grouped CV: accuracy" in out and "±" in out
+    metrics = json.loads(next(tmp_path.glob("*/metrics.json")).read_text())
+    cv = metrics["cv"]
+    assert cv["k"] == 2 and len(cv["folds"]) == 2
+    assert sum(f["n"] for f in cv["folds"]) == 8
+    assert cv["accuracy_std"] == pytest.approx(np.std([f["accuracy"] for f in cv["folds"]]))

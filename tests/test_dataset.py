@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from lungct.dataset import DatasetError, duplicate_groups, grouped_folds, list_samples, resolve_split
+
+
+def test_exact_and_near_duplicates_share_a_group():
+    rng = np.random.default_rng(0)
+    base = rng.random((5, 16, 16)).astype(np.float32)
+    thumbs = np.concatenate([base, base[:1] + 0.01])          # 5: near copy of 0
+    digests = ["a", "b", "c", "a", "d", "e"]                  # 3: exact copy of 0 (by bytes)
+    groups = duplicate_groups(digests, thumbs)
+    assert groups[0] == groups[3] == groups[5]
+    assert len({groups[1], groups[2], groups[4], groups[0]}) == 4
+
+
+def test_folds_never_split_a_group():
+    rng = np.random.default_rng(1)
+    groups = rng.integers(0, 40, 300)
+    labels = rng.integers(0, 4, 300)
+    folds = grouped_folds(groups, labels, 5, seed=0)
+    for g in np.unique(groups):
+        assert len(set(folds[groups == g])) == 1
+    assert set(folds) == set(range(5))
+
+
+def test_kaggle_duplicates_stay_in_one_fold(tmp_path):
+    from lungct.config import PreprocessConfig
+    from tests.conftest import KAGGLE
+    from training.data import concat, load_set
+
+    if not KAGGLE.is_dir():
+        pytest.skip("../shared dataset not present")
+    config = PreprocessConfig(size=32)
+    data = concat(load_set(list_samples(KAGGLE / "train"), config), load_set(list_samples(KAGGLE / "valid"), config))
+    folds = grouped_folds(data.groups(), data.labels, 5, seed=1337)
+    by_digest: dict[str, set[int]] = {}
+    for digest, fold in zip(data.digests, folds):
+        by_digest.setdefault(digest, set()).add(int(fold))
+    assert all(len(f) == 1 for f in by_digest.values()), "a byte-identical file is split across folds"
+    names = {s.path.name: i for i, s in enumerate(data.samples)}
+    assert folds[names["l4.png"]] == folds[names["sq2.png"]]
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(DatasetError, match="no class folders"):
+        list_samples(tmp_path)
+    (tmp_path / "dogs").mkdir()
+    with pytest.raises(ValueError, match="'dogs'"):
+        list_samples(tmp_path)
+    with pytest.raises(DatasetError, match="no split folder"):
+        resolve_split(tmp_path, "train")
