@@ -8,6 +8,7 @@ export BENTOML_DO_NOT_TRACK := True
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: serve test train evaluate import-model bento clean
+.PHONY: image image-test
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +40,11 @@ bento: install import-model
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+## image: OCI image of the bento, tagged with its version (scripts/image.sh: LUNGCT_BASE, LUNGCT_CA_CERTS, ...)
+image: bento
+	scripts/image.sh
+
+## image-test: run the image with podman and check it against a local serve of the same bento
+image-test: image
+	scripts/image_test.sh
