@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -21,8 +22,13 @@ from lungct.decode import DecodeError
 from lungct.middleware import UploadGuard, UploadRoute
 from lungct.predictor import Predictor
 from lungct.preprocess import load_tensor
+from lungct.store import ModelMissingError, check_model, read_info
 
 CONFIG = ServeConfig.from_env()
+try:  # fail at start, in the serving CLI's own process, rather than restarting workers forever
+    check_model(CONFIG.model_tag)
+except ModelMissingError as error:
+    raise SystemExit(f"lungct: cannot serve: {error}") from error
 RESEARCH_ONLY = "Research use only, not for diagnosis."
 
 
@@ -46,10 +52,10 @@ class BatchItem(BaseModel):
 
 
 class Overloaded(Exception):
-    """The batching queue waited longer than max_latency_ms: answer 503 with Retry-After."""
+    """The model queue waited longer than max_latency_ms, or the model process is restarting: 503."""
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": "the server is overloaded; retry later"}, status_code=503,
+        return JSONResponse({"error": "the model is unavailable or overloaded; retry later"}, status_code=503,
                             headers={"Retry-After": "1"})
 
 
@@ -60,29 +66,48 @@ def _model_info(_: Request) -> JSONResponse:
 info_app = Starlette(routes=[Route("/", _model_info, methods=["GET"])])
 
 
-@bentoml.asgi_app(info_app, path="/model")
 @bentoml.service(
-    name="lungct",
+    name="lungct-model",
     workers=1,
     traffic={"timeout": 60},
-    # bentoml issue 5540: the self-client rebuilds its session every 100 calls and kills
-    # requests in flight; never rebuild it.
+    # bentoml issue 5540: the client behind bentoml.depends rebuilds its session every 100 calls
+    # and kills requests in flight; never rebuild it.
     runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
 )
-class LungCT:
-    """Classifies a chest CT slice as adenocarcinoma, large cell carcinoma, squamous cell carcinoma or normal."""
+class LungCTModel:
+    """The model process: loads the Keras model once and answers batched model calls."""
 
     def __init__(self) -> None:
         self.predictor = Predictor.from_store(CONFIG.model_tag)
-        self.preprocess = self.predictor.info.preprocess
+
+    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
+    def classify(self, tensors: np.ndarray) -> np.ndarray:
+        """Model call on preprocessed tensors (N, size, size, 1); batched across requests."""
+        return self.predictor.probabilities(tensors)
+
+
+@bentoml.asgi_app(info_app, path="/model")
+@bentoml.service(name="lungct", workers=1, traffic={"timeout": 60})
+class LungCT:
+    """Classifies a chest CT slice as adenocarcinoma, large cell carcinoma, squamous cell carcinoma or normal.
+
+    Decoding and preprocessing run here (no TensorFlow in this process); the model call runs in
+    the LungCTModel process, so a crashed model process is restarted while this one answers 503.
+    """
+
+    model = bentoml.depends(LungCTModel)
+
+    def __init__(self) -> None:
+        self.info, self.tag, self.created = read_info(CONFIG.model_tag)
+        self.preprocess = self.info.preprocess
         self.decode = DecodeConfig()
         self.limiter = anyio.CapacityLimiter(2)
 
     def describe(self) -> dict:
-        info = self.predictor.info
+        info = self.info
         return {
-            "tag": self.predictor.tag,
-            "created": self.predictor.created,
+            "tag": self.tag,
+            "created": self.created,
             "classes": info.classes,
             "input_size": info.preprocess.size,
             "preprocess": info.preprocess.model_dump(),
@@ -92,14 +117,6 @@ class LungCT:
             "notice": RESEARCH_ONLY,
         }
 
-    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
-    def classify(self, tensors: np.ndarray) -> np.ndarray:
-        """Model call on preprocessed tensors (N, size, size, 1); batched across requests."""
-        expected = (self.preprocess.size, self.preprocess.size, 1)
-        if tensors.ndim != 4 or tensors.shape[1:] != expected:
-            raise bentoml.exceptions.InvalidArgument(f"tensors must have shape (N, {expected})")
-        return self.predictor.probabilities(tensors)
-
     async def _tensor(self, path: Path) -> np.ndarray:
         data = await anyio.Path(path).read_bytes()
         return await anyio.to_thread.run_sync(load_tensor, data, "upload", self.preprocess, self.decode, limiter=self.limiter)
@@ -107,16 +124,16 @@ class LungCT:
     async def _classify(self, tensors: np.ndarray) -> np.ndarray:
         """Through the batching dispatcher, so concurrent requests share one model call."""
         try:
-            return np.asarray(await self.to_async.classify(tensors))
-        except bentoml.exceptions.ServiceUnavailable as exc:
+            return np.asarray(await self.model.to_async.classify(tensors))
+        except (bentoml.exceptions.ServiceUnavailable, aiohttp.ClientError, ConnectionError) as exc:
             raise Overloaded() from exc
 
     def _prediction(self, probabilities: np.ndarray) -> Prediction:
-        classes = self.predictor.info.classes
+        classes = self.info.classes
         best = int(np.argmax(probabilities))
         return Prediction(
             class_name=classes[best], confidence=float(probabilities[best]),
-            probabilities={c: float(p) for c, p in zip(classes, probabilities)}, model=self.predictor.tag,
+            probabilities={c: float(p) for c, p in zip(classes, probabilities)}, model=self.tag,
         )
 
     @bentoml.api

@@ -32,22 +32,22 @@ class DecodeConfig(_Frozen):
 class ModelConfig(_Frozen):
     """Shape of the residual CNN."""
 
-    width: int = Field(24, ge=4, description="filters of the first stage; doubled every stage")
+    width: int = Field(32, ge=4, description="filters of the first stage; doubled every stage")
     stages: int = Field(4, ge=1, le=6)
     blocks_per_stage: int = Field(1, ge=1, le=8)
-    dropout: float = Field(0.3, ge=0, lt=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
 
 
 class TrainConfig(_Frozen):
     """Optimisation recipe."""
 
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: int = Field(3, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    patience: int = Field(15, ge=1, description="early-stopping patience on valid accuracy")
+    label_smoothing: float = Field(0.05, ge=0, lt=1)
+    patience: int = Field(25, ge=1, description="early-stopping patience on valid accuracy (counted from half-way)")
     seed: int = 1337
     augment: bool = True
 

@@ -27,9 +27,10 @@ def residual_block(x, filters: int, stride: int, name: str):
 
 
 def build_model(config: ModelConfig, input_size: int, channels: int = 1) -> keras.Model:
-    """Stem, `stages` stages of residual blocks (width doubling, stride 2), pooling, softmax."""
+    """Stem (stride-2 conv and max-pool), `stages` stages of residual blocks (width doubling, stride 2), pooling, softmax."""
     inputs = keras.Input((input_size, input_size, channels), name="slice")
     x = layers.ReLU(name="stem_relu")(_conv_bn(inputs, config.width, 2, "stem"))
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for stage in range(config.stages):
         filters = config.width * 2**stage
         for block in range(config.blocks_per_stage):

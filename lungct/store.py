@@ -56,23 +56,52 @@ def save_to_store(model, info: ModelInfo, version: str | None = None) -> str:
     return str(bento_model.tag)
 
 
+def _hint() -> str:
+    return f"import the shipped model with `{IMPORT_COMMAND}` or train one with `python -m training.train`"
+
+
+def check_model(tag: str = f"{MODEL_NAME}:latest") -> str:
+    """Cheap start-up check (no TensorFlow): the model exists, its metadata is valid and its
+    weights archive is intact. Returns the full tag or raises ModelMissingError."""
+    import zipfile
+
+    import bentoml
+
+    try:
+        bento_model = bentoml.models.get(tag)
+    except Exception as exc:
+        raise ModelMissingError(f"model {tag!r} is not in the BentoML model store: {_hint()}") from exc
+    try:
+        ModelInfo.model_validate(bento_model.info.metadata)
+        with zipfile.ZipFile(bento_model.path_of(WEIGHTS_FILE)) as archive:
+            broken = archive.testzip()
+        if broken:
+            raise ValueError(f"{broken} is corrupt")
+    except Exception as exc:
+        raise ModelMissingError(f"model {bento_model.tag} in the store is corrupt ({exc}): {_hint()}") from exc
+    return str(bento_model.tag)
+
+
+def read_info(tag: str = f"{MODEL_NAME}:latest") -> tuple[ModelInfo, str, str]:
+    """(metadata, full tag, creation time) without loading the weights."""
+    import bentoml
+
+    bento_model = bentoml.models.get(check_model(tag))
+    created = bento_model.info.creation_time.astimezone(timezone.utc).isoformat()
+    return ModelInfo.model_validate(bento_model.info.metadata), str(bento_model.tag), created
+
+
 def load_from_store(tag: str = f"{MODEL_NAME}:latest"):
     """Return (keras model, ModelInfo, full tag, creation time) or raise ModelMissingError."""
     import bentoml
     import keras
 
-    hint = f"import the shipped model with `{IMPORT_COMMAND}` or train one with `python -m training.train`"
+    info, full_tag, created = read_info(tag)
     try:
-        bento_model = bentoml.models.get(tag)
+        model = keras.saving.load_model(bentoml.models.get(full_tag).path_of(WEIGHTS_FILE), compile=False)
     except Exception as exc:
-        raise ModelMissingError(f"model {tag!r} is not in the BentoML model store: {hint}") from exc
-    try:
-        info = ModelInfo.model_validate(bento_model.info.metadata)
-        model = keras.saving.load_model(bento_model.path_of(WEIGHTS_FILE), compile=False)
-    except Exception as exc:
-        raise ModelMissingError(f"model {bento_model.tag} in the store cannot be loaded ({exc}): {hint}") from exc
-    created = bento_model.info.creation_time.astimezone(timezone.utc).isoformat()
-    return model, info, str(bento_model.tag), created
+        raise ModelMissingError(f"model {full_tag} in the store cannot be loaded ({exc}): {_hint()}") from exc
+    return model, info, full_tag, created
 
 
 def export_shipped(tag: str, folder: Path = SHIPPED_DIR) -> Path:
