@@ -19,7 +19,7 @@ install: $(BIN)/.installed
 
 ## serve: import the shipped model into the local store when missing, then `bentoml serve` on $(PORT)
 serve: install import-model
-	$(BIN)/bentoml serve service:LungCT --port $(PORT)
+	$(BIN)/bentoml serve service:LungCT --port $(PORT) --timeout-keep-alive 75
 
 import-model: install
 	$(BIN)/python -m lungct.import_model

@@ -53,7 +53,7 @@ async def _worker(client, url, payloads, counter, result: LoadResult, field_name
                 result.errors.append(f"{response.status_code} {response.text[:200]}")
         except httpx.HTTPError as exc:
             result.statuses["exception"] += 1
-            result.errors.append(f"{type(exc).__name__}: {exc}")
+            result.errors.append(f"{type(exc).__name__} after {time.perf_counter() - start:.3f}s: {exc}")
         result.latencies_ms.append((time.perf_counter() - start) * 1000)
 
 

@@ -3,12 +3,14 @@
 BentoML turns several malformed uploads into 500s (a wrong field name, a text value where a
 file is expected) and would read a server path sent as JSON. This guard buffers the body up
 to a size limit (413 beyond it), requires multipart/form-data (415 otherwise), checks that
-the form holds exactly the expected file field(s) (400 otherwise), then replays the body.
+the form holds exactly the expected file field(s) (400 otherwise), then passes the files on
+re-encoded under fixed file names.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers, UploadFile
@@ -76,21 +78,28 @@ class UploadGuard:
                 return await send_error(send, 413, f"upload larger than the limit of {self.max_bytes} bytes")
             if not message.get("more_body"):
                 break
-        problem = await self._check_form(scope, bytes(body), route)
-        if problem:
-            return await send_error(send, 400, problem)
+        try:
+            files = await self._read_form(scope, bytes(body), route)
+        except ValueError as exc:
+            return await send_error(send, 400, str(exc))
+        boundary, clean = encode_form(route.field, files)
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+                    (b"content-length", str(len(clean)).encode())]
         replayed = False
 
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return {"type": "http.request", "body": clean, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send)
+        return await self.app({**scope, "headers": headers}, replay, send)
 
-    async def _check_form(self, scope, body: bytes, route: UploadRoute) -> str | None:
+    async def _read_form(self, scope, body: bytes, route: UploadRoute) -> list[bytes]:
+        """The uploaded files' bytes, or ValueError saying what is wrong with the form."""
+
         async def once():
             return {"type": "http.request", "body": body, "more_body": False}
 
@@ -98,8 +107,22 @@ class UploadGuard:
         try:
             form = await request.form(max_files=route.max_files + 1, max_part_size=1024 * 1024)
         except (MultiPartException, ValueError, KeyError, AssertionError) as exc:
-            return f"malformed multipart body: {exc}"
+            raise ValueError(f"malformed multipart body: {exc}") from exc
         try:
-            return _form_problem(form, route)
+            problem = _form_problem(form, route)
+            if problem:
+                raise ValueError(problem)
+            return [await upload.read() for upload in form.getlist(route.field)]
         finally:
             await form.close()
+
+
+def encode_form(field: str, files: list[bytes]) -> tuple[str, bytes]:
+    """Re-encode the uploads under fixed, safe file names: a client's file name never reaches the disk."""
+    boundary = secrets.token_hex(16)
+    parts = [
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"upload-{i}.bin\"\r\n"
+        f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
+        for i, data in enumerate(files)
+    ]
+    return boundary, b"".join(parts) + f"--{boundary}--\r\n".encode()

@@ -37,7 +37,7 @@ class Server:
         self.log = open(self.log_path, "wb")
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [str(BENTOML), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)],
+            [str(BENTOML), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port), "--timeout-keep-alive", "75"],
             cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = started + self.ready_timeout
