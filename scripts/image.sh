@@ -49,9 +49,9 @@ case $BACKEND in
     podman|buildah)
         ensure_container_tools; setup_podman_conf
         ENGINE=podman
-        if [ "$BACKEND" = buildah ]; then BUILD=(buildah bud); else BUILD=(podman build); fi
         # RUN steps: host network, chroot isolation; docker format keeps the HEALTHCHECK.
         BUILD_OPTS=(--network host --isolation chroot --format docker)
+        if [ "$BACKEND" = buildah ]; then BUILD=(buildah bud); BUILD_OPTS+=(--layers); else BUILD=(podman build); fi
         export BUILDAH_FORMAT=docker ;;
     *) die "LUNGCT_BACKEND must be auto, docker, podman or buildah (got $BACKEND)" ;;
 esac
@@ -89,8 +89,12 @@ build_local_rootfs() {
     if $ENGINE image exists "$ROOTFS_IMAGE" 2>/dev/null || { [ "$ENGINE" = docker ] && docker image inspect "$ROOTFS_IMAGE" >/dev/null 2>&1; }; then
         log "rootfs image $ROOTFS_IMAGE exists"; return 0
     fi
-    command -v debootstrap >/dev/null || ensure_container_tools
-    local mirror rootfs t0=$(date +%s)
+    if ! command -v debootstrap >/dev/null; then
+        log "installing debootstrap from Debian"
+        apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
+    fi
+    local mirror rootfs t0
+    t0=$(date +%s)
     mirror=$(host_mirror)
     rootfs=$LUNGCT_BUILD_DIR/rootfs
     rm -rf "$rootfs"
@@ -147,6 +151,7 @@ log "bentoml containerize lungct:$VERSION --backend $BACKEND (FROM $BASE_IMAGE)"
 t0=$(date +%s)
 containerize_opts=()
 [ "$ENGINE" = podman ] && containerize_opts=(--opt network=host --opt isolation=chroot --opt format=docker)
+[ "$BACKEND" = buildah ] && containerize_opts+=(--opt layers)   # buildah caches layers only when asked
 BENTOML_HOME=$HOME2 "$BENTOML" containerize "lungct:$VERSION" --backend "$BACKEND" \
     -t "$IMAGE:$VERSION-bento" "${containerize_opts[@]}" > "$LUNGCT_BUILD_DIR/containerize.log" 2>&1 \
     || { tail -40 "$LUNGCT_BUILD_DIR/containerize.log" >&2; die "bentoml containerize failed"; }

@@ -174,8 +174,9 @@ def main() -> int:
             run("podman", "rm", "-f", "-t", "0", name, check_rc=False)
 
     # --- OCI archive
+    for old in BUILD.glob("lungct-*.oci.tar"):  # one archive at a time: each is ~800 MiB
+        old.unlink()
     archive = BUILD / f"lungct-{version}.oci.tar"
-    archive.unlink(missing_ok=True)
     t0 = time.perf_counter()
     run("podman", "save", "--format", "oci-archive", "-o", str(archive), image)
     timings["podman save oci-archive (s)"] = time.perf_counter() - t0
