@@ -5,6 +5,8 @@ Research use only, not for diagnosis.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -59,6 +61,24 @@ class Overloaded(Exception):
                             headers={"Retry-After": "1"})
 
 
+def defer_sigterm(seconds: float) -> None:
+    """Keep the model process serving for `seconds` after SIGTERM.
+
+    BentoML stops all its processes at once; the front process finishes its in-flight requests
+    on SIGTERM, and those still need the model. Called during start-up, after uvicorn has
+    installed its own handler, which this wraps.
+    """
+    loop = asyncio.get_running_loop()
+    original = signal.getsignal(signal.SIGTERM)
+    if not callable(original):
+        return
+
+    def deferred(signum, frame) -> None:
+        loop.call_soon_threadsafe(loop.call_later, seconds, original, signum, frame)
+
+    signal.signal(signal.SIGTERM, deferred)
+
+
 def _model_info(_: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().describe())
 
@@ -79,6 +99,7 @@ class LungCTModel:
 
     def __init__(self) -> None:
         self.predictor = Predictor.from_store(CONFIG.model_tag)
+        defer_sigterm(CONFIG.drain_seconds)
 
     @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
     def classify(self, tensors: np.ndarray) -> np.ndarray:
@@ -102,6 +123,27 @@ class LungCT:
         self.preprocess = self.info.preprocess
         self.decode = DecodeConfig()
         self.limiter = anyio.CapacityLimiter(2)
+        self.model_up = True
+        self._recovery: asyncio.Task | None = None
+
+    async def __is_ready__(self) -> bool:
+        """Not ready while the model process is known to be down (it is restarted by BentoML)."""
+        return self.model_up
+
+    def _model_down(self) -> None:
+        if self.model_up:
+            self.model_up = False
+            self._recovery = asyncio.create_task(self._await_model())
+
+    async def _await_model(self) -> None:
+        while True:
+            try:
+                if await self.model.is_ready(2):
+                    break
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+                pass
+            await asyncio.sleep(0.2)
+        self.model_up = True
 
     def describe(self) -> dict:
         info = self.info
@@ -123,9 +165,14 @@ class LungCT:
 
     async def _classify(self, tensors: np.ndarray) -> np.ndarray:
         """Through the batching dispatcher, so concurrent requests share one model call."""
+        if not self.model_up:
+            raise Overloaded()
         try:
             return np.asarray(await self.model.to_async.classify(tensors))
-        except (bentoml.exceptions.ServiceUnavailable, aiohttp.ClientError, ConnectionError) as exc:
+        except bentoml.exceptions.ServiceUnavailable as exc:
+            raise Overloaded() from exc
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            self._model_down()
             raise Overloaded() from exc
 
     def _prediction(self, probabilities: np.ndarray) -> Prediction:

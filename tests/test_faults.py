@@ -1,0 +1,147 @@
+"""Faults against real `bentoml serve` processes: a killed model process, a missing or corrupt
+model at start, SIGTERM under load, and uploads leaving nothing on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from benchmarks.loadgen import load
+from tests.server import BENTOML, ROOT, Server
+
+
+class Load:
+    """Threads posting real images until stopped; records (start, end, status or exception name)."""
+
+    def __init__(self, url: str, files: list[Path], threads: int = 8) -> None:
+        self.url, self.payloads, self.log, self.stopped = url, [f.read_bytes() for f in files], [], False
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+
+    def _run(self, index: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self.stopped:
+                start = time.monotonic()
+                try:
+                    response = client.post("/predict", files={"image": ("x.png", self.payloads[index % len(self.payloads)])})
+                    outcome = response.status_code
+                    if outcome == 503:
+                        assert response.headers.get("retry-after") and "error" in response.json()
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                    time.sleep(0.05)
+                self.log.append((start, time.monotonic(), outcome))
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped = True
+        for t in self.threads:
+            t.join(90)
+
+
+def model_process(server: Server) -> psutil.Process:
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    return next(p for p in children if "lungct-model" in " ".join(p.cmdline()))
+
+
+def test_killed_model_process_recovers(shipped_tag, sample_files):
+    with Server(env={"LUNGCT_MODEL_TAG": shipped_tag}) as server, Load(server.url, sample_files) as traffic:
+        time.sleep(2)
+        model_process(server).send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        readiness = []
+        deadline = killed + 180
+        while time.monotonic() < deadline:
+            try:
+                readiness.append(httpx.get(f"{server.url}/readyz", timeout=10).status_code)
+            except httpx.HTTPError:
+                readiness.append("timeout")
+            if readiness[-1] == 200 and 503 in readiness:
+                break
+            time.sleep(0.3)
+        recovered = time.monotonic()
+        time.sleep(4)
+    assert 503 in readiness, f"/readyz never said not ready: {readiness}"
+    assert readiness[-1] == 200, f"the model process did not come back: {readiness[-5:]}"
+    outcomes = Counter(outcome for _, _, outcome in traffic.log)
+    assert set(outcomes) <= {200, 503}, outcomes
+    assert outcomes[503] > 0
+    down_window = [end - start for start, end, outcome in traffic.log if killed < start < recovered]
+    assert max(down_window) < 30, "requests while the model was down hung instead of getting 503"
+    after = [outcome for start, _, outcome in traffic.log if start > recovered + 1]
+    assert after and set(after) == {200}
+
+
+def test_missing_model_exits_with_a_clear_message():
+    result = subprocess.run([str(BENTOML), "serve", "service:LungCT", "--port", "0"], cwd=ROOT,
+                            env={**os.environ, "LUNGCT_MODEL_TAG": "lungct:doesnotexist"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "lungct:doesnotexist" in result.stderr + result.stdout
+    assert "python -m lungct.import_model" in result.stderr + result.stdout
+
+
+def test_corrupt_model_exits_with_a_clear_message(tmp_path, shipped_tag, bentoml_home):
+    home = tmp_path / "home"
+    shutil.copytree(bentoml_home / "models", home / "models")
+    name, version = shipped_tag.split(":")
+    (home / "models" / name / version / "model.keras").write_bytes(b"not a keras archive")
+    result = subprocess.run([str(BENTOML), "serve", "service:LungCT", "--port", "0"], cwd=ROOT,
+                            env={**os.environ, "BENTOML_HOME": str(home), "LUNGCT_MODEL_TAG": shipped_tag},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    output = result.stderr + result.stdout
+    assert shipped_tag in output and "corrupt" in output and "python -m lungct.import_model" in output
+
+
+def test_sigterm_under_load_finishes_in_flight_requests(shipped_tag, sample_files):
+    server = Server(env={"LUNGCT_MODEL_TAG": shipped_tag}).start()
+    with Load(server.url, sample_files, threads=16) as traffic:
+        time.sleep(3)
+        term = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(30)
+        stopped = time.monotonic()
+        time.sleep(1.5)
+    server.log.close()
+    assert code == 0
+    assert stopped - term < 30
+    in_flight = [outcome for start, end, outcome in traffic.log if start < term < end]
+    assert in_flight and set(in_flight) == {200}, Counter(in_flight)
+    late = [outcome for start, _, outcome in traffic.log if start > stopped]
+    assert late and all(isinstance(o, str) for o in late), "requests after shutdown were not refused"
+
+
+def test_uploads_leave_no_files_behind(shipped_tag, sample_files, tmp_path):
+    tmp = Path(tempfile.mkdtemp(prefix="lct", dir="/tmp"))  # short: BentoML puts UNIX sockets here
+    with Server(env={"LUNGCT_MODEL_TAG": shipped_tag, "TMPDIR": str(tmp)}) as server:
+        hostile = "../../" + "x" * 300 + ".png"
+        for files in ({"image": (hostile, sample_files[0].read_bytes())}, {"image": ("bad.png", b"garbage")},
+                      {"image": ("a\0b.png", sample_files[1].read_bytes())}):
+            response = httpx.post(f"{server.url}/predict", files=files, timeout=60)
+            assert response.status_code in (200, 400), response.text
+        result = load(server.url, sample_files, requests=64, concurrency=16)
+        assert result.error_count == 0
+        time.sleep(1)
+        uploads = {f.read_bytes() for f in sample_files} | {b"garbage"}
+        request_dirs = list(tmp.glob("bentoml-request-*"))
+        assert request_dirs, "uploads were not spooled under the server's TMPDIR"
+        leftovers = [p for p in tmp.rglob("*") if p.is_file() and (p.read_bytes() in uploads or
+                                                                     any(d in p.parents for d in request_dirs))]
+    shutil.rmtree(tmp, ignore_errors=True)
+    assert leftovers == [], leftovers
+    assert not list(ROOT.glob("*.png")) and not (tmp_path.parent / "x").exists()
