@@ -6,6 +6,7 @@ Research use only, not for diagnosis.
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 from pathlib import Path
 
@@ -20,10 +21,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lungct.config import DecodeConfig, ServeConfig
-from lungct.decode import DecodeError
+from lungct.decode import DecodeError, decode_image
+from lungct.explain import grad_cam, overlay_png
 from lungct.middleware import UploadGuard, UploadRoute
 from lungct.predictor import Predictor
-from lungct.preprocess import load_tensor
+from lungct.preprocess import load_tensor, preprocess_framed
 from lungct.store import ModelMissingError, check_model, read_info
 
 CONFIG = ServeConfig.from_env()
@@ -43,6 +45,12 @@ class Prediction(BaseModel):
     confidence: float = Field(description="probability of the predicted class")
     probabilities: dict[str, float] = Field(description="probability of every class")
     model: str = Field(description="tag of the model that answered")
+
+
+class Explanation(Prediction):
+    """A prediction and its Grad-CAM heat-map over the uploaded slice."""
+
+    heatmap_png: str = Field(description="base64 PNG, the uploaded slice's size, heat-map overlaid")
 
 
 class BatchItem(BaseModel):
@@ -106,6 +114,11 @@ class LungCTModel:
         """Model call on preprocessed tensors (N, size, size, 1); batched across requests."""
         return self.predictor.probabilities(tensors)
 
+    @bentoml.api
+    def gradcam(self, tensor: np.ndarray, class_index: int) -> np.ndarray:
+        """Grad-CAM heat-map over the model input for one preprocessed tensor (size, size, 1)."""
+        return grad_cam(self.predictor.model, tensor, class_index)[1]
+
 
 @bentoml.asgi_app(info_app, path="/model")
 @bentoml.service(name="lungct", workers=1, traffic={"timeout": 60})
@@ -163,12 +176,13 @@ class LungCT:
         data = await anyio.Path(path).read_bytes()
         return await anyio.to_thread.run_sync(load_tensor, data, "upload", self.preprocess, self.decode, limiter=self.limiter)
 
-    async def _classify(self, tensors: np.ndarray) -> np.ndarray:
-        """Through the batching dispatcher, so concurrent requests share one model call."""
+    async def _model_call(self, method: str, *args) -> np.ndarray:
+        """Call the model process; Overloaded (503) when it is down, restarting or overloaded.
+        `classify` goes through the batching dispatcher, so concurrent requests share one model call."""
         if not self.model_up:
             raise Overloaded()
         try:
-            return np.asarray(await self.model.to_async.classify(tensors))
+            return np.asarray(await getattr(self.model.to_async, method)(*args))
         except bentoml.exceptions.ServiceUnavailable as exc:
             raise Overloaded() from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
@@ -191,10 +205,28 @@ class LungCT:
         except DecodeError as exc:
             return JSONResponse({"error": exc.reason}, status_code=400)
         try:
-            probabilities = await self._classify(tensor[np.newaxis])
+            probabilities = await self._model_call("classify", tensor[np.newaxis])
         except Overloaded as exc:
             return exc.response()
         return self._prediction(probabilities[0])
+
+    @bentoml.api
+    async def explain(self, image: Path) -> Explanation:
+        """Classify one slice (as /predict) and return a Grad-CAM heat-map overlaid on it. Research use only, not for diagnosis."""
+        try:
+            data = await anyio.Path(image).read_bytes()
+            decoded = await anyio.to_thread.run_sync(decode_image, data, "upload", self.decode, limiter=self.limiter)
+        except DecodeError as exc:
+            return JSONResponse({"error": exc.reason}, status_code=400)
+        tensor, frame = await anyio.to_thread.run_sync(preprocess_framed, decoded, self.preprocess, limiter=self.limiter)
+        try:
+            probabilities = (await self._model_call("classify", tensor[np.newaxis]))[0]
+            cam = await self._model_call("gradcam", tensor, int(np.argmax(probabilities)))
+        except Overloaded as exc:
+            return exc.response()
+        png, _ = await anyio.to_thread.run_sync(overlay_png, decoded, cam, frame, limiter=self.limiter)
+        prediction = self._prediction(probabilities)
+        return Explanation(**prediction.model_dump(), heatmap_png=base64.b64encode(png).decode())
 
     @bentoml.api
     async def predict_batch(self, images: list[Path]) -> list[BatchItem]:
@@ -209,7 +241,7 @@ class LungCT:
                 items.append(BatchItem(index=index, error=exc.reason))
         if tensors:
             try:
-                probabilities = iter(await self._classify(np.stack(tensors)))
+                probabilities = iter(await self._model_call("classify", np.stack(tensors)))
             except Overloaded as exc:
                 return exc.response()
             for item in items:
@@ -220,7 +252,7 @@ class LungCT:
 
 LungCT.add_asgi_middleware(
     UploadGuard,
-    routes={"/predict": UploadRoute("image", 1), "/predict_batch": UploadRoute("images", CONFIG.max_files_per_batch)},
+    routes={"/predict": UploadRoute("image", 1), "/explain": UploadRoute("image", 1), "/predict_batch": UploadRoute("images", CONFIG.max_files_per_batch)},
     max_bytes=CONFIG.max_upload_bytes,
     aliases={"/model": "/model/"},
 )

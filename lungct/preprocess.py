@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,45 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(source.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def fit_into_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the longer side is `size` (aspect kept), then centre on a black size x size canvas."""
-    height, width = image.shape
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = resize(image, new_w, new_h)
+@dataclass(frozen=True)
+class Framing:
+    """Where the model's square input came from in the decoded slice: crop box, then scaled content
+    of size (height, width) placed at (pad_top, pad_left) on the square."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    height: int
+    width: int
+    pad_top: int
+    pad_left: int
+
+
+def framing(image: np.ndarray, config: PreprocessConfig) -> Framing:
+    top, bottom, left, right = (
+        foreground_box(image, config.foreground_threshold) if config.crop_foreground else (0, *image.shape[:1], 0, image.shape[1])
+    )
+    scale = config.size / max(bottom - top, right - left)
+    height, width = max(1, round((bottom - top) * scale)), max(1, round((right - left) * scale))
+    return Framing(top, bottom, left, right, height, width, (config.size - height) // 2, (config.size - width) // 2)
+
+
+def fit_into_square(image: np.ndarray, frame: Framing, size: int) -> np.ndarray:
+    """Crop, resize keeping the aspect ratio, and centre on a black size x size canvas."""
     out = np.zeros((size, size), dtype=np.float32)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[top : top + new_h, left : left + new_w] = resized
+    crop = image[frame.top : frame.bottom, frame.left : frame.right]
+    out[frame.pad_top : frame.pad_top + frame.height, frame.pad_left : frame.pad_left + frame.width] = resize(
+        crop, frame.width, frame.height
+    )
+    return out
+
+
+def to_slice(square: np.ndarray, frame: Framing, shape: tuple[int, int]) -> np.ndarray:
+    """Map a (size, size) map over the model's input back onto the decoded slice's pixels."""
+    content = square[frame.pad_top : frame.pad_top + frame.height, frame.pad_left : frame.pad_left + frame.width]
+    out = np.zeros(shape, dtype=np.float32)
+    out[frame.top : frame.bottom, frame.left : frame.right] = resize(content, frame.right - frame.left, frame.bottom - frame.top)
     return out
 
 
@@ -51,13 +82,15 @@ def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     Crops to the body so the framing and export size of a slice do not matter, resizes
     keeping the aspect ratio (black padding), then stretches contrast between percentiles.
     """
+    return preprocess_framed(image, config)[0]
+
+
+def preprocess_framed(image: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, Framing]:
+    """`preprocess`, also returning the framing (for mapping explanations back onto the slice)."""
     image = np.asarray(image, dtype=np.float32)
-    if config.crop_foreground:
-        top, bottom, left, right = foreground_box(image, config.foreground_threshold)
-        image = image[top:bottom, left:right]
-    image = fit_into_square(image, config.size)
-    image = stretch_contrast(image, config.low_percentile, config.high_percentile)
-    return image[..., np.newaxis]
+    frame = framing(image, config)
+    square = stretch_contrast(fit_into_square(image, frame, config.size), config.low_percentile, config.high_percentile)
+    return square[..., np.newaxis], frame
 
 
 def load_tensor(

@@ -14,7 +14,7 @@ from training import evaluate, train
 @pytest.fixture(scope="module")
 def tiny_run(samples_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    code = train.main(["--data", str(samples_dir), "--epochs", "1", "--width", "8", "--stages", "2",
+    code = train.main(["--data", str(samples_dir), "--epochs", "1", "--width", "16", "--stages", "2",
                        "--size", "64", "--batch-size", "4", "--runs", str(runs)])
     assert code == 0
     return runs
@@ -27,12 +27,12 @@ def test_training_saves_model_with_metadata_and_run_folder(tiny_run):
     meta = stored.info.metadata
     assert meta["classes"] == ["adenocarcinoma", "large.cell.carcinoma", "normal", "squamous.cell.carcinoma"]
     assert meta["preprocess"]["size"] == 64
-    assert meta["train"]["epochs"] == 1 and meta["model"]["width"] == 8
+    assert meta["train"]["epochs"] == 1 and meta["model"]["width"] == 16
     assert len(meta["data_fingerprint"]) == 64
     assert "valid" in meta["metrics"] and "accuracy" in meta["metrics"]["valid"]
     assert set(meta["versions"]) == {"keras", "tensorflow"}
     run = next(tiny_run.iterdir())
-    assert {p.name for p in run.iterdir()} >= {"curves.png", "confusion_valid.png", "metrics.json"}
+    assert {p.name for p in run.iterdir()} >= {"curves.png", "confusion_valid.png", "reliability_valid.png", "metrics.json"}
     assert json.loads((run / "metrics.json").read_text())["valid"]["n"] > 0
 
 
@@ -53,7 +53,7 @@ def test_corrupt_file_is_skipped_and_counted(samples_dir, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(samples_dir, data)
     (data / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    code = train.main(["--data", str(data), "--epochs", "1", "--width", "8", "--stages", "1", "--size", "32",
+    code = train.main(["--data", str(data), "--epochs", "1", "--width", "16", "--stages", "1", "--size", "32",
                        "--runs", str(tmp_path / "runs"), "--no-save"])
     assert code == 0
     assert "skipped 1" in capsys.readouterr().out
@@ -88,7 +88,7 @@ def test_evaluate_kaggle_root_with_split(shipped_tag, eval_dir, tmp_path):
 
 
 def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path, capsys):
-    code = train.main(["--data", str(samples_dir), "--cv", "2", "--epochs", "1", "--width", "8", "--stages", "1",
+    code = train.main(["--data", str(samples_dir), "--cv", "2", "--epochs", "1", "--width", "16", "--stages", "1",
                        "--size", "32", "--runs", str(tmp_path), "--no-save"])
     assert code == 0
     out = capsys.readouterr().out

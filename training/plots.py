@@ -41,3 +41,22 @@ def plot_confusion(matrix: list[list[int]], path: Path, title: str = "confusion 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, path: Path, bins: int = 10) -> None:
+    """Reliability diagram: accuracy against confidence, before and after temperature scaling."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    edges = np.linspace(0, 1, bins + 1)
+    for probs, name in ((before, "before"), (after, "after temperature")):
+        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+        points = [(confidence[which == b].mean(), correct[which == b].mean()) for b in range(bins) if (which == b).any()]
+        ax.plot(*zip(*points), marker="o", label=name)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (valid)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -130,11 +130,13 @@ def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg) -> dict:
     return summary
 
 
-def write_run(run_dir: Path, history: dict, metrics: dict) -> None:
-    from training.plots import plot_confusion, plot_history
+def write_run(run_dir: Path, history: dict, metrics: dict, logits: np.ndarray, labels: np.ndarray,
+              temperature: float) -> None:
+    from training.plots import plot_confusion, plot_history, plot_reliability
 
     run_dir.mkdir(parents=True, exist_ok=True)
     plot_history(history, run_dir / "curves.png")
+    plot_reliability(softmax(logits), softmax(logits, temperature), labels, run_dir / "reliability_valid.png")
     plot_confusion(metrics["valid"]["confusion_matrix"], run_dir / "confusion_valid.png")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics=metrics, versions=framework_versions(), training_seconds=round(fit_seconds, 1),
     )
     run_dir = args.runs / stamp()
-    write_run(run_dir, history, metrics)
+    write_run(run_dir, history, metrics, logits, valid.labels, temperature)
     tag = "(not saved)" if args.no_save else save_to_store(model, info)
     print(
         f"summary: train {len(train.labels)} valid {len(valid.labels)} skipped {len(skipped)} "
