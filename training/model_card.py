@@ -1,0 +1,114 @@
+"""`python -m training.model_card --data DIR [--model TAG] [--out models/MODEL_CARD.md]`: write the model card.
+
+Every number comes from the stored metadata or from evaluating the model on DIR (bootstrap 95%
+intervals over the images, 2,000 resamples, seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from lungct.metrics import classification_report
+from lungct.predictor import Predictor
+from lungct.store import SHIPPED_DIR
+from training.evaluate import predict_files
+
+
+def bootstrap(labels: np.ndarray, predicted: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    draws = [classification_report(labels[i], predicted[i]) for i in
+             (rng.integers(0, len(labels), len(labels)) for _ in range(resamples))]
+    return {key: tuple(np.percentile([d[key] for d in draws], (2.5, 97.5))) for key in ("accuracy", "macro_f1")}
+
+
+def render(predictor: Predictor, data_dir: Path) -> str:
+    info = predictor.info
+    labels, probabilities, _ = predict_files(predictor, data_dir)
+    predicted = probabilities.argmax(axis=1)
+    report = classification_report(labels, predicted)
+    ci = bootstrap(labels, predicted)
+    cv = info.metrics.get("cv")
+    valid = info.metrics.get("valid", {})
+    recall = "\n".join(f"| {name} | {row['recall']:.3f} | {row['precision']:.3f} | {row['support']} |"
+                       for name, row in report["per_class"].items())
+    folds = ", ".join(f"{fold['accuracy']:.3f}" for fold in cv["folds"]) if cv else ""
+    cv_text = (f"{cv['k']}-fold grouped CV over train+valid: accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_std']:.3f}, "
+               f"macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f} (mean ± standard deviation over folds; "
+               f"fold accuracies: {folds})" if cv else "not run for this model")
+    return f"""# Model card: {predictor.tag}
+
+## Intended use
+Research on chest CT slice classification into {', '.join(info.classes)}.
+**Research use only, not for diagnosis.** Not validated clinically; must not inform patient care.
+
+## Data and splits
+Kaggle "Chest CT-Scan images" (CC0): train 613 and valid 72 slices exported as PNG/JPEG, in
+Kaggle's folders. Exact duplicates are kept once for training; files whose bytes carry two labels are
+dropped. The official test split (315 slices, tumour slices from other scans) was never used to choose
+anything. Training-set fingerprint: `{info.data_fingerprint[:16]}…`.
+
+## Preprocessing (stored in the model's metadata; serving re-reads it)
+Decode by content (PNG, JPEG, DICOM with a lung window), greyscale, crop to the body, resize keeping
+the aspect ratio onto a black {info.preprocess.size}x{info.preprocess.size} square, contrast stretch
+between the {info.preprocess.low_percentile} and {info.preprocess.high_percentile} percentiles.
+
+## Model and training
+Residual CNN from scratch: {info.model.model_dump()}.
+Training: {info.train.model_dump()}; AdamW with warm-up and cosine decay, class weights, augmentation
+(mirror, rotation, zoom, shift, contrast), early stopping on valid accuracy.
+Training time of this model: {info.training_seconds:.0f} s on 2 CPU cores; Keras {info.versions.get('keras')},
+TensorFlow {info.versions.get('tensorflow')}.
+
+## Metrics
+On `{data_dir}` (n = {report['n']}): accuracy **{report['accuracy']:.3f}** (95% CI {ci['accuracy'][0]:.3f}–{ci['accuracy'][1]:.3f}),
+macro-F1 **{report['macro_f1']:.3f}** (95% CI {ci['macro_f1'][0]:.3f}–{ci['macro_f1'][1]:.3f}).
+
+| class | recall | precision | support |
+|---|---|---|---|
+{recall}
+
+Confusion matrix (rows true, columns predicted, order as above): `{report['confusion_matrix']}`.
+
+Cross-validation: {cv_text}.
+
+Valid shares scans (and many near-duplicate slices) with train; grouped CV keeps duplicates and
+neighbouring slices together and is the more honest estimate. Expect lower accuracy on new scans.
+
+## Calibration
+Temperature scaling fitted on valid: T = {info.temperature:.3f}; served probabilities are calibrated.
+Expected calibration error on valid (10 bins): {valid.get('ece_before', float('nan')):.3f} before, {valid.get('ece_after', float('nan')):.3f} after
+(fitted and measured on the same 72 images, so the "after" figure is optimistic).
+
+## Known shortcuts and limits
+- Normal slices in this dataset are larger and more often RGB; preprocessing converts to greyscale
+  and crops/resizes to the body, and a test checks that converting a tumour slice to RGB and scaling it
+  to a normal slice's size does not change the prediction.
+- Many duplicates: the normal class holds few distinct slices.
+- One 2-D slice at a time, no volume context; Grad-CAM (`/explain`) shows where the evidence lies but
+  is not a localisation.
+
+## Reproduce
+```bash
+make train                      # trains this recipe and saves it into the BentoML store (add --cv 5 for CV)
+.venv/bin/python -m training.evaluate --data ../shared/data/chest-ctscan-images/Data --split valid --model {predictor.tag}
+.venv/bin/python -m training.model_card --data ../shared/data/chest-ctscan-images/Data/valid --model {predictor.tag}
+```
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", type=Path, required=True, help="folder of class folders to evaluate on")
+    p.add_argument("--model", default="lungct:latest")
+    p.add_argument("--out", type=Path, default=SHIPPED_DIR / "MODEL_CARD.md")
+    args = p.parse_args(argv)
+    args.out.write_text(render(Predictor.from_store(args.model), args.data))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
