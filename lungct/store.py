@@ -50,8 +50,12 @@ def save_to_store(model, info: ModelInfo, version: str | None = None) -> str:
     import bentoml
 
     tag = f"{MODEL_NAME}:{version}" if version else MODEL_NAME
+    import keras
+
+    inference_only = keras.models.clone_model(model)  # no optimizer state: a third of the size
+    inference_only.set_weights(model.get_weights())
     with bentoml.models.create(tag, metadata=info.model_dump(mode="json"), labels={"framework": "keras"}) as bento_model:
-        model.save(bento_model.path_of(WEIGHTS_FILE))
+        inference_only.save(bento_model.path_of(WEIGHTS_FILE))
         Path(bento_model.path_of(METADATA_FILE)).write_text(info.model_dump_json(indent=2))
     return str(bento_model.tag)
 
