@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,11 +23,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def own_home(store: Path) -> Path:
+    """A BENTOML_HOME of this server's own that shares `store`'s models and bentos: BentoML wipes
+    the Prometheus folder under BENTOML_HOME at every start, which would break a running server's
+    /metrics."""
+    home = Path(tempfile.mkdtemp(prefix="serve-", dir=store.parent))
+    for name in ("models", "bentos"):
+        (store / name).mkdir(parents=True, exist_ok=True)
+        (home / name).symlink_to(store / name)
+    return home
+
+
 class Server:
     def __init__(self, target: str = "service:LungCT", env: dict[str, str] | None = None, cwd: Path = ROOT,
                  ready_timeout: float = 180.0) -> None:
         self.target, self.cwd, self.ready_timeout = target, cwd, ready_timeout
         self.env = {**os.environ, **(env or {})}
+        self.env["BENTOML_HOME"] = str(own_home(Path(self.env["BENTOML_HOME"])))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(self.env["BENTOML_HOME"]) / f"serve-{self.port}.log"
