@@ -97,7 +97,7 @@ info_app = Starlette(routes=[Route("/", _model_info, methods=["GET"])])
 @bentoml.service(
     name="lungct-model",
     workers=1,
-    traffic={"timeout": 60},
+    traffic={"timeout": CONFIG.request_timeout_s},
     # bentoml issue 5540: the client behind bentoml.depends rebuilds its session every 100 calls
     # and kills requests in flight; never rebuild it.
     runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
@@ -121,7 +121,7 @@ class LungCTModel:
 
 
 @bentoml.asgi_app(info_app, path="/model")
-@bentoml.service(name="lungct", workers=1, traffic={"timeout": 60})
+@bentoml.service(name="lungct", workers=1, traffic={"timeout": CONFIG.request_timeout_s})
 class LungCT:
     """Classifies a chest CT slice as adenocarcinoma, large cell carcinoma, squamous cell carcinoma or normal.
 

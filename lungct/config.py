@@ -64,6 +64,7 @@ class ServeConfig(_Frozen):
     max_latency_ms: int = Field(20_000, gt=0, description="longest a request may queue for the model (503 beyond)")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_files_per_batch: int = Field(64, gt=0)
+    request_timeout_s: int = Field(60, gt=0, description="per-request time limit (BentoML traffic timeout)")
     drain_seconds: float = Field(5.0, ge=0, description="the model process keeps serving this long after SIGTERM")
 
     @classmethod
