@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from lungct.bentoml_patches import patch_timeout_middleware
 from lungct.config import DecodeConfig, ServeConfig
 from lungct.decode import DecodeError, decode_image
 from lungct.explain import grad_cam, overlay_png
@@ -28,6 +29,7 @@ from lungct.predictor import Predictor
 from lungct.preprocess import load_tensor, preprocess_framed
 from lungct.store import ModelMissingError, check_model, read_info
 
+patch_timeout_middleware()  # BentoML 1.4.40 keeps every request alive for the timeout (memory)
 CONFIG = ServeConfig.from_env()
 try:  # fail at start, in the serving CLI's own process, rather than restarting workers forever
     check_model(CONFIG.model_tag)
