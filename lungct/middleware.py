@@ -2,7 +2,8 @@
 
 BentoML turns several malformed uploads into 500s (a wrong field name, a text value where a
 file is expected) and would read a server path sent as JSON. This guard buffers the body up
-to a size limit (413 beyond it), requires multipart/form-data (415 otherwise), checks that
+to a size limit (413 beyond it), requires multipart/form-data (400 otherwise: BentoML's OpenAPI
+document lists 400, not 415), checks that
 the form holds exactly the expected file field(s) (400 otherwise), then passes the files on
 re-encoded under fixed file names.
 """
@@ -14,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -65,7 +67,7 @@ class UploadGuard:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
         if not headers.get("content-type", "").startswith("multipart/form-data"):
-            return await send_error(send, 415, f"send the image as multipart/form-data in field {route.field!r}")
+            return await send_error(send, 400, f"send the image as multipart/form-data in field {route.field!r}")
         if int(headers.get("content-length") or 0) > self.max_bytes:
             return await send_error(send, 413, f"upload larger than the limit of {self.max_bytes} bytes")
         body = bytearray()
@@ -106,8 +108,8 @@ class UploadGuard:
         request = Request(scope, receive=once)
         try:
             form = await request.form(max_files=route.max_files + 1, max_part_size=1024 * 1024)
-        except (MultiPartException, ValueError, KeyError, AssertionError) as exc:
-            raise ValueError(f"malformed multipart body: {exc}") from exc
+        except (MultiPartException, HTTPException, ValueError, KeyError, AssertionError) as exc:
+            raise ValueError(f"malformed multipart body: {getattr(exc, 'detail', exc)}") from exc
         try:
             problem = _form_problem(form, route)
             if problem:

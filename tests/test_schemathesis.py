@@ -17,36 +17,17 @@ schemathesis runs as its CLI: its pytest plugin (4.32) does not work with pytest
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_headers_conformance", "response_schema_conformance"]
 MAX_EXAMPLES = 100  # per operation and phase: well under a minute on 2 cores
 REQUEST_TIMEOUT_S = 15  # no answer by then is a hang, reported as an error
-
-# Known service bugs, reported (benchmarks session, issue 6) and to be fixed in the service; while
-# they are there the test is an xfail, and any other finding fails it. Remove once fixed.
-KNOWN = {
-    # no boundary, or a part without headers: Request.form() raises starlette's HTTPException, which
-    # lungct/middleware.py's UploadGuard does not catch
-    "500 on a malformed multipart body": re.compile(
-        r"\[500\][^\[]*curl -X POST -H 'Content-Type: multipart/form-data"
-        r"(?:' http|; boundary=(\w+)' -d \$'--\1\\r\\n(?!Content-Disposition))", re.S),
-    "415 is not in the OpenAPI document": re.compile(r"Received: 415.*\[415\]", re.S),
-}
-
-
-def failure_blocks(output: str) -> list[str]:
-    """The CLI's FAILURES section, one block per failing test case."""
-    section = output.split("FAILURES", 1)[1].split("SUMMARY", 1)[0] if "FAILURES" in output else ""
-    return [block for block in re.split(r"\n\d+\. Test Case ID: ", section)[1:]]
 
 
 def test_the_document_lists_the_public_endpoints(server):
@@ -67,11 +48,4 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tmp_
     assert report.exists(), output[-3000:]
     summary = json.loads(report.read_text())
     assert summary["complete"] and summary["test_cases"]["generated"] > 0, details[-3000:]
-    if result.returncode == 0:
-        return
-    blocks = failure_blocks(output)
-    known = {name for block in blocks for name, pattern in KNOWN.items() if pattern.search(block)}
-    unknown = [block for block in blocks if not any(pattern.search(block) for pattern in KNOWN.values())]
-    assert blocks and not unknown and not summary["errors"] and "ERRORS" not in output, \
-        f"schemathesis found problems:\n{details[-12000:]}"
-    pytest.xfail(f"known service bugs: {'; '.join(sorted(known))}")
+    assert result.returncode == 0 and not summary["errors"], f"schemathesis found problems:\n{details[-12000:]}"

@@ -165,11 +165,12 @@ def test_bad_input_gets_a_json_4xx(server, bad_inputs, case, sample_files):
 
 
 @pytest.mark.parametrize("body, content_type", [(b'{"image": "/etc/passwd"}', "application/json"),
-                                                (b"", "text/plain")])
-def test_non_multipart_bodies_are_refused(server, body, content_type):
+                                                (b"", "text/plain"), (b"--x\r\n\r\n", "multipart/form-data"),
+                                                (b"--b\r\nno headers\r\n--b--\r\n", "multipart/form-data; boundary=b")])
+def test_non_multipart_and_malformed_bodies_are_refused(server, body, content_type):
     response = httpx.post(f"{server.url}/predict", content=body, headers={"content-type": content_type})
-    assert response.status_code == 415
-    assert "multipart/form-data" in response.json()["error"]
+    assert response.status_code == 400
+    assert "multipart" in response.json()["error"]
 
 
 def _batch_histogram(server) -> tuple[float, float]:
