@@ -9,11 +9,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +21,7 @@ PYTHON = sys.executable
 MB = 1024 * 1024
 
 sys.path.insert(0, str(ROOT))
-from tests.server import Server, free_port  # noqa: E402
+from tests.server import Server  # noqa: E402
 
 
 def fresh_store(home: str | Path | None = None) -> tuple[dict[str, str], str]:
@@ -62,54 +60,19 @@ def service_processes(server: Server) -> dict[str, psutil.Process]:
     return found
 
 
-class FlaskServer:
+class FlaskServer(Server):
     """`python benchmarks/flask_app.py` on a free port, ready when /readyz answers."""
 
     def __init__(self, tag: str, env: dict[str, str], call: str = "predict", ready_timeout: float = 180.0) -> None:
-        self.tag, self.env, self.call, self.ready_timeout = tag, env, call, ready_timeout
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(env["BENTOML_HOME"]) / f"flask-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-        self.ready_seconds: float | None = None
+        self.tag, self.call = tag, call
+        super().__init__(env=env, ready_timeout=ready_timeout)
 
-    def start(self) -> "FlaskServer":
-        self.log = open(self.log_path, "wb")
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [PYTHON, str(ROOT / "benchmarks" / "flask_app.py"), "--port", str(self.port), "--model", self.tag,
-             "--call", self.call], cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        while time.perf_counter() < started + self.ready_timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"flask_app.py exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    self.ready_seconds = time.perf_counter() - started
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"flask_app.py not ready after {self.ready_timeout}s")
+    def command(self) -> list[str]:
+        return [PYTHON, str(ROOT / "benchmarks" / "flask_app.py"), "--port", str(self.port), "--model", self.tag,
+                "--call", self.call]
 
     def processes(self) -> dict[str, psutil.Process]:
         return {"flask": psutil.Process(self.proc.pid)}
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-
-    def __enter__(self) -> "FlaskServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def rss_mb(processes: dict[str, psutil.Process]) -> dict[str, float]:

@@ -46,17 +46,19 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.ready_seconds: float | None = None
 
+    def command(self) -> list[str]:
+        return [str(BENTOML), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port),
+                "--timeout-keep-alive", "75"]
+
     def start(self) -> "Server":
         self.log = open(self.log_path, "wb")
         started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [str(BENTOML), "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port), "--timeout-keep-alive", "75"],
-            cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         deadline = started + self.ready_timeout
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(f"{self.command()[:2]} exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     self.ready_seconds = time.perf_counter() - started
@@ -65,7 +67,7 @@ class Server:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"bentoml serve not ready after {self.ready_timeout}s:\n{self.output()}")
+        raise RuntimeError(f"{self.command()[:2]} not ready after {self.ready_timeout}s:\n{self.output()}")
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
