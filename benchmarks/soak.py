@@ -6,8 +6,8 @@
 After `--warmup` requests (not counted), sends `--requests` more in chunks and records, after
 every chunk, the RSS of every serving process, the chunk's throughput, latency and errors.
 Passes when there are no errors at all and every process's RSS at the end is within 10% of
-its value after the warm-up. Writes benchmarks/results/soak.json, benchmarks/results/soak.png
-and the soak block of BENCHMARKS.md.
+its value after the warm-up (both read with the server idle for `--settle` seconds).
+Writes benchmarks/results/soak.json, benchmarks/results/soak.png and the soak block of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from benchmarks.loadgen import ct_files, load
 TOLERANCE = 0.10
 
 
-def soak(server: Server, files, requests: int, warmup: int, concurrency: int, chunk: int, client: str) -> dict:
+def soak(server: Server, files, requests: int, warmup: int, concurrency: int, chunk: int, client: str,
+         settle: float = 3.0) -> dict:
     with server:
         procs = service_processes(server)
-        result = {"ready_seconds": round(server.ready_seconds, 2), "rss_idle_mb": rss_mb(procs)}
+        result = {"ready_seconds": round(server.ready_seconds, 2), "rss_idle_mb": rss_mb(procs), "settle_s": settle}
         warm = load(server.url, files, warmup, concurrency, client=client)
         result["warmup"] = {"requests": warmup, "errors": warm.error_count, "error_samples": warm.errors[:5]}
+        time.sleep(settle)  # the RSS of the idle server, once nothing is in flight
         result["rss_after_warmup_mb"] = baseline = rss_mb(procs)
         print(f"after {warmup} warm-up requests: RSS {baseline} MB", flush=True)
         chunks, latencies, statuses, errors, done = [], [], {}, [], 0
@@ -46,6 +48,7 @@ def soak(server: Server, files, requests: int, warmup: int, concurrency: int, ch
             print(f"  {done:6d} requests: {row['throughput_rps']:6.1f} req/s  p99 {row['p99_ms']:7.1f} ms  "
                   f"errors {row['errors']}  RSS {row['rss_mb']}", flush=True)
         seconds = time.perf_counter() - started
+        time.sleep(settle)
         end = rss_mb(procs)
     import numpy as np
 
@@ -78,7 +81,8 @@ model `{r['tag']}`; images: {r['images']}. `bentoml serve` (default settings) re
 in {r['seconds']} s: {r['throughput_rps']} req/s, p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms,
 max {r['max_ms']} ms; statuses {r['statuses']}; errors {r['errors']} (warm-up: {r['warmup']['errors']}).
 
-RSS in MB:
+RSS in MB ("after warm-up" and "end" read with the server idle for {r['settle_s']} s; "peak" is the
+highest reading taken right after each chunk of {r['chunks'][0]['requests']} requests):
 
 {chr(10).join(rows)}
 
@@ -122,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--chunk", type=int, default=1_000, help="requests between RSS readings")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds idle before the RSS readings after warm-up and at the end")
     parser.add_argument("--files", type=int, default=256, help="distinct CT images to cycle through")
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["service_env"], result["service_dir"] = extra, args.service_dir
     server = Server(env={**env, "LUNGCT_MODEL_TAG": tag, **extra}, cwd=args.service_dir)
     result.update(soak(server, files, args.requests, args.warmup,
-                       args.concurrency, args.chunk, args.client))
+                       args.concurrency, args.chunk, args.client, args.settle))
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")

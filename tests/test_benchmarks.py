@@ -68,7 +68,7 @@ def test_bench_end_to_end_on_a_few_requests(tmp_path):
 
 def test_soak_machinery(shipped_tag, sample_files):
     result = soak.soak(Server(env={"LUNGCT_MODEL_TAG": shipped_tag}), sample_files, requests=40, warmup=8,
-                       concurrency=4, chunk=20, client="aiohttp")
+                       concurrency=4, chunk=20, client="aiohttp", settle=0.5)
     assert result["errors"] == 0 and result["statuses"] == {"200": 40}
     assert [c["requests_done"] for c in result["chunks"]] == [20, 40]
     assert set(result["rss_drift"]) >= {"front", "model"}
