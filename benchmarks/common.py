@@ -56,7 +56,9 @@ def service_processes(server: Server) -> dict[str, psutil.Process]:
             continue
         if "--service-name" in cmdline:
             name = cmdline[cmdline.index("--service-name") + 1]
-            found["model" if name.endswith("-model") else "front"] = child
+            role = "model" if name.endswith("-model") else "front"
+            count = sum(1 for key in found if key.split("-")[0] == role)
+            found[role if count == 0 else f"{role}-{count + 1}"] = child  # several workers: front, front-2
     return found
 
 

@@ -4,8 +4,11 @@
 
 Starts `bentoml serve` (fresh store, the shipped model), warms it up, then records both serving
 processes with `py-spy record --format raw` while the load generator sends real CT images.
-Every sample (non-idle, all threads) is put in one category by the frames on its stack
-(decode, preprocess, multipart parsing, IPC to the model process, the model call, ...).
+Every busy sample (all threads; threads waiting in select or on a queue are left out) is put in
+one category by the frames on its stack: the work that owns it (decode, preprocess, the upload
+guard's parse, BentoML's request parsing and response building, IPC, the model call), else the
+innermost framework layer (tracing and logging, the HTTP/ASGI stack). TensorFlow's own C++
+threads are invisible to py-spy: the model call's share is the Python thread waiting on it.
 Writes benchmarks/results/profile.json and the collapsed stacks (profile-front.txt,
 profile-model.txt; open them with https://www.speedscope.app or flamegraph.pl), prints the table.
 """
@@ -24,30 +27,36 @@ from pathlib import Path
 from benchmarks.common import RESULTS, ROOT, Server, cpu_seconds, fresh_store, service_processes
 from benchmarks.loadgen import ct_files, load
 
-# (category, substrings of a frame "function (file:line)"); the first category with a frame on the stack wins.
-RULES: list[tuple[str, tuple[str, ...]]] = [
+# Work that owns everything it calls: the first category with a frame anywhere on the stack wins.
+OWNING: list[tuple[str, tuple[str, ...]]] = [
     ("model call (TensorFlow)", ("tensorflow/", "keras/", "lungct/predictor.py")),
     ("decode (Pillow / pydicom, lungct/decode.py)", ("decode_image (",)),
-    ("preprocess (crop, resize, contrast)", ("preprocess (lungct/preprocess.py", "lungct/preprocess.py")),
-    ("upload guard: multipart parse + re-encode (lungct/middleware.py)", ("lungct/middleware.py",)),
-    ("BentoML request parsing (multipart, temp files)", ("formparsers.py", "python_multipart", "tempfile.py",
-                                                         "_bentoml_sdk/io_models.py", "_bentoml_sdk/validators.py",
-                                                         "anyio/_core/_fileio.py")),
-    ("IPC to/from the model process (serde, pickle, aiohttp client)", ("_bentoml_impl/serde.py", "_bentoml_impl/client",
-                                                                       "aiohttp/", "pickle")),
+    ("preprocess (crop, resize, contrast)", ("lungct/preprocess.py",)),
+    ("upload guard: multipart parse + re-encode", ("UploadGuard._read_form (", "encode_form (")),
+    ("BentoML request parsing (multipart, temp files, pickle)", ("IOMixin.from_http_request (", "parse_request (",
+                                                                "FileSchema.decode (")),
+    ("BentoML response building (JSON schema, pydantic)", ("IOMixin.to_http_response (", "IterableResponse.__call__ (")),
+    ("IPC to the model process (aiohttp client)", ("_bentoml_impl/client", "aiohttp/")),
     ("adaptive batching dispatcher", ("bentoml/_internal/marshal/dispatcher.py",)),
-    ("response building (pydantic, JSON)", ("pydantic", "json/", "starlette/responses.py")),
+]
+# Framework layers that wrap every request: the innermost (leaf-most) such frame decides.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tracing, metrics, access log", ("opentelemetry", "prometheus", "instruments.py", "access.py", "logging/")),
-    ("HTTP server (uvicorn, h11)", ("uvicorn/", "h11/", "httptools")),
+    ("HTTP server and ASGI stack (uvicorn, h11, starlette, BentoML routing)",
+     ("uvicorn/", "h11/", "starlette/", "_bentoml_impl/server/app.py", "lungct/middleware.py")),
     ("numpy", ("numpy/",)),
 ]
-OTHER = "other (asyncio, BentoML routing, anyio threads)"
+OTHER = "other (asyncio event loop, anyio threads)"
 
 
 def categorize(stack: str) -> str:
-    for category, needles in RULES:
+    for category, needles in OWNING:
         if any(needle in stack for needle in needles):
             return category
+    for frame in reversed(stack.split(";")):
+        for category, needles in LAYERS:
+            if any(needle in frame for needle in needles):
+                return category
     return OTHER
 
 
