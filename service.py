@@ -20,10 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from lungct.batching import MicroBatcher
 from lungct.bentoml_patches import patch_timeout_middleware
 from lungct.config import DecodeConfig, ServeConfig
 from lungct.decode import DecodeError, decode_image
 from lungct.explain import grad_cam, overlay_png
+from lungct.memory import limit_arenas, trim_every
 from lungct.middleware import UploadGuard, UploadRoute
 from lungct.predictor import Predictor
 from lungct.preprocess import load_tensor, preprocess_framed
@@ -123,7 +125,7 @@ class LungCTModel:
 
 
 @bentoml.asgi_app(info_app, path="/model")
-@bentoml.service(name="lungct", workers=1, traffic={"timeout": CONFIG.request_timeout_s})
+@bentoml.service(name="lungct", workers=CONFIG.front_workers, traffic={"timeout": CONFIG.request_timeout_s})
 class LungCT:
     """Classifies a chest CT slice as adenocarcinoma, large cell carcinoma, squamous cell carcinoma or normal.
 
@@ -138,6 +140,10 @@ class LungCT:
         self.preprocess = self.info.preprocess
         self.decode = DecodeConfig()
         self.limiter = anyio.CapacityLimiter(2)
+        self.batcher = MicroBatcher(lambda batch: self._model_call("classify", batch), CONFIG.max_batch_size,
+                                    CONFIG.batch_wait_ms)
+        limit_arenas(2)
+        trim_every(CONFIG.malloc_trim_s)
         self.model_up = True
         self._recovery: asyncio.Task | None = None
 
@@ -180,7 +186,8 @@ class LungCT:
 
     async def _model_call(self, method: str, *args) -> np.ndarray:
         """Call the model process; Overloaded (503) when it is down, restarting or overloaded.
-        `classify` goes through the batching dispatcher, so concurrent requests share one model call."""
+        /predict's `classify` calls come through the front's MicroBatcher and are batched again by
+        BentoML's adaptive batching in the model process."""
         if not self.model_up:
             raise Overloaded()
         try:
@@ -203,14 +210,15 @@ class LungCT:
     async def predict(self, image: Path) -> Prediction:
         """Classify one CT slice (PNG, JPEG or DICOM) sent as multipart field `image`. Research use only, not for diagnosis."""
         try:
-            tensor = await self._tensor(image)
+            with self.batcher.preparing():
+                tensor = await self._tensor(image)
         except DecodeError as exc:
             return JSONResponse({"error": exc.reason}, status_code=400)
         try:
-            probabilities = await self._model_call("classify", tensor[np.newaxis])
+            probabilities = await self.batcher.submit(tensor)
         except Overloaded as exc:
             return exc.response()
-        return self._prediction(probabilities[0])
+        return self._prediction(probabilities)
 
     @bentoml.api
     async def explain(self, image: Path) -> Explanation:

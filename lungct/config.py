@@ -66,6 +66,9 @@ class ServeConfig(_Frozen):
     max_files_per_batch: int = Field(64, gt=0)
     request_timeout_s: int = Field(60, gt=0, description="per-request time limit (BentoML traffic timeout)")
     drain_seconds: float = Field(5.0, ge=0, description="the model process keeps serving this long after SIGTERM")
+    front_workers: int = Field(2, ge=1, description="front processes (decode, preprocess); the model process is one")
+    batch_wait_ms: float = Field(5.0, ge=0, description="front-side batching window while other requests are decoding")
+    malloc_trim_s: float = Field(1.0, ge=0, description="give freed heap memory back every so often (0: never)")
 
     @classmethod
     def from_env(cls) -> "ServeConfig":

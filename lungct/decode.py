@@ -66,6 +66,11 @@ def _decode_raster(data: bytes, name: str, config: DecodeConfig) -> np.ndarray:
 
 def _to_grey_unit(image: Image.Image) -> np.ndarray:
     """Any Pillow mode to greyscale float32 in [0, 1], keeping 16-bit precision."""
+    if image.mode in ("L", "RGB", "RGBA"):
+        # the common case, bit-identical to the general path: one conversion (RGBA -> L gives the same
+        # luma as RGBA -> RGB -> L), no NaN/clip passes (k / 255 is already finite and in [0, 1])
+        grey = image if image.mode == "L" else image.convert("L")
+        return np.asarray(grey, dtype=np.float32) / np.float32(255.0)
     return np.clip(np.nan_to_num(_grey(image), nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
 
 

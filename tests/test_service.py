@@ -174,6 +174,7 @@ def test_non_multipart_and_malformed_bodies_are_refused(server, body, content_ty
 
 
 def _batch_histogram(server) -> tuple[float, float]:
+    """BentoML's adaptive-batching histogram for `classify`: (calls received, model invocations)."""
     text = httpx.get(f"{server.url}/metrics").text
     total = count = 0.0
     for line in text.splitlines():
@@ -185,13 +186,13 @@ def _batch_histogram(server) -> tuple[float, float]:
 
 
 def test_concurrent_requests_share_model_calls(server, sample_files):
-    before_sum, before_count = _batch_histogram(server)
+    """Front micro-batching joins waiting requests into one call; BentoML may join calls again."""
+    before_calls, before_runs = _batch_histogram(server)
     result = load(server.url, sample_files, requests=128, concurrency=32)
     assert result.error_count == 0, result.errors[:3]
-    after_sum, after_count = _batch_histogram(server)
-    images, calls = after_sum - before_sum, after_count - before_count
-    assert images == 128
-    assert calls < images, f"{calls} model calls for {images} images: no batching"
+    after_calls, after_runs = _batch_histogram(server)
+    calls, runs = after_calls - before_calls, after_runs - before_runs
+    assert 0 < runs <= calls < 128, f"{calls} calls and {runs} model runs for 128 images: no batching"
 
 
 def test_thousand_requests_at_concurrency_64_without_errors(server, sample_files):
