@@ -49,7 +49,9 @@ class TrainConfig(_Frozen):
     label_smoothing: float = Field(0.05, ge=0, lt=1)
     patience: int = Field(25, ge=1, description="early-stopping patience on valid accuracy (counted from half-way)")
     seed: int = 1337
+    fold_seed: int = Field(1337, description="seed of data splits (grouped CV folds, hold-out), apart from the training seed")
     augment: bool = True
+    mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) concentration; 0 turns mixup off")
 
 
 def _env(name: str, default: str) -> str:

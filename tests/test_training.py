@@ -8,7 +8,7 @@ import pytest
 
 from lungct.predictor import Predictor
 from lungct.preprocess import load_file
-from training import evaluate, train
+from training import ensemble_cv, evaluate, train
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,45 @@ def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path,
     assert cv["k"] == 2 and len(cv["folds"]) == 2
     assert sum(f["n"] for f in cv["folds"]) == 8
     assert cv["accuracy_std"] == pytest.approx(np.std([f["accuracy"] for f in cv["folds"]]))
+
+
+def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp_path, capsys):
+    runs = []
+    for seed, extra in ((1, []), (2, ["--mixup", "0.2"])):
+        out_dir = tmp_path / f"seed{seed}"
+        assert train.main(["--data", str(samples_dir), "--cv", "2", "--cv-only", "--epochs", "1", "--width", "16",
+                           "--stages", "1", "--size", "32", "--seed", str(seed), "--runs", str(out_dir), *extra]) == 0
+        runs.append(next(out_dir.iterdir()))
+        assert "cross-validation only" in capsys.readouterr().out
+        assert not (runs[-1] / "curves.png").exists()  # no final fit
+    assert json.loads((runs[1] / "metrics.json").read_text())["cv"]["recipe"]["train"]["mixup"] == 0.2
+    report = ensemble_cv.ensemble_report(runs)
+    assert set(report) == {str(runs[0]), str(runs[1]), "ensemble"}
+    assert 0 <= report["ensemble"]["accuracy_mean"] <= 1
+    np.testing.assert_array_equal(np.load(runs[0] / "oof.npz")["folds"], np.load(runs[1] / "oof.npz")["folds"])
+
+
+def test_ensemble_refuses_runs_on_other_folds(tmp_path):
+    runs = []
+    for name, folds in (("a", [0, 0, 1, 1]), ("b", [0, 1, 0, 1])):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "oof.npz", logits=np.zeros((4, 4)), labels=np.arange(4), folds=np.array(folds),
+                 digests=np.array(["w", "x", "y", "z"]))
+        runs.append(tmp_path / name)
+    with pytest.raises(SystemExit, match="other folds"):
+        ensemble_cv.ensemble_report(runs)
+    with pytest.raises(SystemExit, match="oof.npz not found"):
+        ensemble_cv.ensemble_report([tmp_path])
+
+
+def test_mixup_blends_images_and_labels_with_the_same_weight():
+    import tensorflow as tf
+
+    from training.data import mixup
+
+    images = tf.constant(np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 2, 2, 1), np.float32))
+    labels = tf.constant(np.eye(4, dtype=np.float32))
+    mixed, soft = (t.numpy() for t in mixup(images, labels, 0.4))
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
+    # label weights say how much of each original image each mixed image holds
+    np.testing.assert_allclose(mixed[:, 0, 0, 0], soft @ np.arange(4, dtype=np.float32), rtol=1e-5)

@@ -99,8 +99,22 @@ def augmenter(seed: int):
     )
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: bool, shuffle: bool):
-    """A tf.data pipeline of (image, one-hot label) batches."""
+def mixup(images, labels, alpha: float):
+    """Blend each example of a batch with another of the same batch, weight ~ Beta(alpha, alpha)."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
+    weight = a / (a + b)
+    partner = tf.random.shuffle(tf.range(n))
+    mixed_images = weight[:, None, None, None] * images + (1 - weight[:, None, None, None]) * tf.gather(images, partner)
+    mixed_labels = weight[:, None] * labels + (1 - weight[:, None]) * tf.gather(labels, partner)
+    return mixed_images, mixed_labels
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: bool, shuffle: bool,
+                 mixup_alpha: float = 0.0):
+    """A tf.data pipeline of (image, one-hot label) batches; augmentation, then mixup, on training batches."""
     import tensorflow as tf
 
     one_hot = np.eye(len(CLASSES), dtype=np.float32)[labels]
@@ -112,4 +126,6 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: 
         aug = augmenter(seed)
         ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
+    if mixup_alpha > 0:
+        ds = ds.map(lambda x, y: mixup(x, y, mixup_alpha), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -13,6 +13,7 @@ import numpy as np
 from lungct.calibration import expected_calibration_error, fit_temperature
 from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
 from lungct.dataset import DatasetError, fingerprint, grouped_folds, list_samples, resolve_split
+from lungct.labels import CLASSES
 from lungct.metrics import classification_report, format_report
 from lungct.predictor import softmax
 from lungct.store import ModelInfo, framework_versions, save_to_store, stamp
@@ -26,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="Kaggle root (Data/ with train/ and valid/) or a folder of class folders")
     p.add_argument("--cv", type=int, default=0, metavar="K", help="grouped K-fold cross-validation over train+valid first")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders (curves, confusion matrix, metrics.json) go")
+    p.add_argument("--cv-only", action="store_true", help="stop after cross-validation (a study run)")
     p.add_argument("--no-save", action="store_true", help="do not save into the BentoML model store")
     for name, field in {**TrainConfig.model_fields, **ModelConfig.model_fields}.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=None, help=field.description)
@@ -98,7 +100,8 @@ def fit(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg:
             monitor="val_accuracy", mode="max", patience=tcfg.patience, restore_best_weights=True,
             start_from_epoch=tcfg.epochs // 2))
     history = model.fit(
-        make_dataset(train.images, train.labels, tcfg.batch_size, tcfg.seed, tcfg.augment, shuffle=True),
+        make_dataset(train.images, train.labels, tcfg.batch_size, tcfg.seed, tcfg.augment, shuffle=True,
+                     mixup_alpha=tcfg.mixup),
         validation_data=val_ds, epochs=tcfg.epochs, class_weight=class_weights(train.labels),
         callbacks=callbacks, verbose=1,
     )
@@ -109,14 +112,18 @@ def predict_logits(model, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images, batch_size=64, verbose=0))
 
 
-def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg) -> dict:
-    """Grouped K-fold CV: duplicates and near duplicates always stay in one fold; fixed epochs, no early stopping."""
-    folds = grouped_folds(data.groups(), data.labels, k, tcfg.seed)
+def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg, run_dir: Path) -> dict:
+    """Grouped K-fold CV: duplicates and near duplicates always stay in one fold; fixed epochs, no early stopping.
+
+    The folds have their own seed, so runs with other training seeds are scored on the same folds; out-of-fold logits go to run_dir/oof.npz for ensemble studies (training.ensemble_cv)."""
+    folds = grouped_folds(data.groups(), data.labels, k, tcfg.fold_seed)
+    oof = np.zeros((len(data.labels), len(CLASSES)), dtype=np.float32)
     results = []
     for fold in range(k):
         held = np.flatnonzero(folds == fold)
         model, _ = fit(data.subset(np.flatnonzero(folds != fold)), None, pcfg, mcfg, tcfg)
-        report = classification_report(data.labels[held], predict_logits(model, data.images[held]).argmax(1))
+        oof[held] = predict_logits(model, data.images[held])
+        report = classification_report(data.labels[held], oof[held].argmax(1))
         print(f"fold {fold + 1}/{k}: n {report['n']} accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f}", flush=True)
         results.append(report)
     acc = np.array([r["accuracy"] for r in results])
@@ -127,6 +134,8 @@ def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg) -> dict:
         "folds": [{"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for r in results],
     }
     print(f"{k}-fold grouped CV: accuracy {acc.mean():.4f} ± {acc.std():.4f}, macro-F1 {f1.mean():.4f} ± {f1.std():.4f}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(run_dir / "oof.npz", logits=oof, labels=data.labels, folds=folds, digests=np.array(data.digests))
     return summary
 
 
@@ -147,14 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     pcfg, mcfg, tcfg = configs_from(args)
     started = time.perf_counter()
     try:
-        train, valid = load_splits(args.data, pcfg, tcfg.seed)
+        train, valid = load_splits(args.data, pcfg, tcfg.fold_seed)
     except (DatasetError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     skipped = train.skipped + valid.skipped
     metrics: dict = {}
+    run_dir = args.runs / stamp()
     if args.cv:
-        metrics["cv"] = cross_validate(concat(train, valid), args.cv, pcfg, mcfg, tcfg)
+        metrics["cv"] = cross_validate(concat(train, valid), args.cv, pcfg, mcfg, tcfg, run_dir)
         metrics["cv"]["seconds"] = round(time.perf_counter() - started, 1)
+        metrics["cv"]["recipe"] = {"preprocess": pcfg.model_dump(), "model": mcfg.model_dump(), "train": tcfg.model_dump()}
+        if args.cv_only:
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            print(f"summary: cross-validation only, run {run_dir}")
+            return 0
     fit_started = time.perf_counter()
     model, history = fit(train, valid, pcfg, mcfg, tcfg)
     fit_seconds = time.perf_counter() - fit_started
@@ -170,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         data_fingerprint=fingerprint(train.samples + valid.samples),
         metrics=metrics, versions=framework_versions(), training_seconds=round(fit_seconds, 1),
     )
-    run_dir = args.runs / stamp()
     write_run(run_dir, history, metrics, logits, valid.labels, temperature)
     tag = "(not saved)" if args.no_save else save_to_store(model, info)
     print(

@@ -1,0 +1,62 @@
+"""`python -m training.ensemble_cv RUN [RUN ...]`: score an ensemble from cross-validation runs' out-of-fold logits.
+
+Each RUN is a run folder of `training.train --cv K` (its oof.npz); the runs must share folds and data.
+Members are averaged as probabilities (the softmax of each member's logits), per fold, as a served
+ensemble would be. Prints per-run and ensemble accuracy and macro-F1 (mean ± std over folds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lungct.metrics import classification_report
+from lungct.predictor import softmax
+
+
+def load_oof(run: Path) -> dict[str, np.ndarray]:
+    path = run / "oof.npz"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found: run `python -m training.train --cv K` first")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def fold_scores(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
+    reports = [classification_report(labels[folds == f], probabilities[folds == f].argmax(1)) for f in np.unique(folds)]
+    acc = np.array([r["accuracy"] for r in reports])
+    f1 = np.array([r["macro_f1"] for r in reports])
+    return {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+            "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std())}
+
+
+def ensemble_report(runs: list[Path]) -> dict:
+    members = [load_oof(run) for run in runs]
+    first = members[0]
+    for run, member in zip(runs, members):
+        if not (np.array_equal(member["folds"], first["folds"]) and np.array_equal(member["digests"], first["digests"])):
+            raise SystemExit(f"error: {run} was cross-validated on other folds or data than {runs[0]}")
+    labels, folds = first["labels"], first["folds"]
+    probabilities = [softmax(member["logits"]) for member in members]
+    report = {str(run): fold_scores(p, labels, folds) for run, p in zip(runs, probabilities)}
+    report["ensemble"] = fold_scores(np.mean(probabilities, axis=0), labels, folds)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("runs", type=Path, nargs="+", help="run folders with oof.npz")
+    args = p.parse_args(argv)
+    report = ensemble_report(args.runs)
+    for name, score in report.items():
+        print(f"{name}: accuracy {score['accuracy_mean']:.4f} ± {score['accuracy_std']:.4f}, "
+              f"macro-F1 {score['macro_f1_mean']:.4f} ± {score['macro_f1_std']:.4f}")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
