@@ -142,10 +142,10 @@ class LungCT:
         self.limiter = anyio.CapacityLimiter(2)
         self.batcher = MicroBatcher(lambda batch: self._model_call("classify", batch), CONFIG.max_batch_size,
                                     CONFIG.batch_wait_ms)
-        limit_arenas(2)
-        trim_every(CONFIG.malloc_trim_s)
         self.model_up = True
         self._recovery: asyncio.Task | None = None
+        limit_arenas(2)
+        trim_every(CONFIG.malloc_trim_s)
 
     async def __is_ready__(self) -> bool:
         """Not ready while the model process is known to be down (it is restarted by BentoML)."""
