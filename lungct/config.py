@@ -51,6 +51,7 @@ class TrainConfig(_Frozen):
     seed: int = 1337
     fold_seed: int = Field(1337, description="seed of data splits (grouped CV folds, hold-out), apart from the training seed")
     augment: bool = True
+    augment_strength: float = Field(1.0, gt=0, description="scales rotation, zoom, shift and contrast ranges")
     mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) concentration; 0 turns mixup off")
 
 

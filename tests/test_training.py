@@ -102,14 +102,15 @@ def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path,
 
 def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp_path, capsys):
     runs = []
-    for seed, extra in ((1, []), (2, ["--mixup", "0.2"])):
+    for seed, extra in ((1, []), (2, ["--mixup", "0.2", "--augment-strength", "1.5"])):
         out_dir = tmp_path / f"seed{seed}"
         assert train.main(["--data", str(samples_dir), "--cv", "2", "--cv-only", "--epochs", "1", "--width", "16",
                            "--stages", "1", "--size", "32", "--seed", str(seed), "--runs", str(out_dir), *extra]) == 0
         runs.append(next(out_dir.iterdir()))
         assert "cross-validation only" in capsys.readouterr().out
         assert not (runs[-1] / "curves.png").exists()  # no final fit
-    assert json.loads((runs[1] / "metrics.json").read_text())["cv"]["recipe"]["train"]["mixup"] == 0.2
+    recipe = json.loads((runs[1] / "metrics.json").read_text())["cv"]["recipe"]["train"]
+    assert (recipe["mixup"], recipe["augment_strength"]) == (0.2, 1.5)
     report = ensemble_cv.ensemble_report(runs)
     assert set(report) == {str(runs[0]), str(runs[1]), "ensemble"}
     assert 0 <= report["ensemble"]["accuracy_mean"] <= 1

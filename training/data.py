@@ -82,18 +82,18 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def augmenter(seed: int):
-    """Augmentation for CT slices: mirror, small rotations, zoom, shifts, contrast."""
+def augmenter(seed: int, strength: float = 1.0):
+    """Augmentation for CT slices: mirror, small rotations, zoom, shifts, contrast; ranges scale with strength."""
     import keras
     from keras import layers
 
     return keras.Sequential(
         [
             layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(0.04, fill_mode="constant", seed=seed),
-            layers.RandomZoom(0.12, fill_mode="constant", seed=seed),
-            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed),
-            layers.RandomContrast(0.2, seed=seed),
+            layers.RandomRotation(0.04 * strength, fill_mode="constant", seed=seed),
+            layers.RandomZoom(0.12 * strength, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(0.06 * strength, 0.06 * strength, fill_mode="constant", seed=seed),
+            layers.RandomContrast(min(0.2 * strength, 0.9), seed=seed),
         ],
         name="augment",
     )
@@ -113,7 +113,7 @@ def mixup(images, labels, alpha: float):
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: bool, shuffle: bool,
-                 mixup_alpha: float = 0.0):
+                 mixup_alpha: float = 0.0, augment_strength: float = 1.0):
     """A tf.data pipeline of (image, one-hot label) batches; augmentation, then mixup, on training batches."""
     import tensorflow as tf
 
@@ -123,7 +123,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: 
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment:
-        aug = augmenter(seed)
+        aug = augmenter(seed, augment_strength)
         ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
     if mixup_alpha > 0:

@@ -101,7 +101,7 @@ def fit(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg:
             start_from_epoch=tcfg.epochs // 2))
     history = model.fit(
         make_dataset(train.images, train.labels, tcfg.batch_size, tcfg.seed, tcfg.augment, shuffle=True,
-                     mixup_alpha=tcfg.mixup),
+                     mixup_alpha=tcfg.mixup, augment_strength=tcfg.augment_strength),
         validation_data=val_ds, epochs=tcfg.epochs, class_weight=class_weights(train.labels),
         callbacks=callbacks, verbose=1,
     )
