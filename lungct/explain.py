@@ -17,19 +17,26 @@ def last_block(model) -> str:
 
 
 def grad_cam(model, tensor: np.ndarray, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, heat-map over the model input in [0, 1]) for one (size, size, 1) tensor."""
+    """(logits, heat-map over the model input in [0, 1]) for one (size, size, 1) tensor.
+
+    For an ensemble the score is the members' mean logit, so each member's last-block features are
+    weighted by the gradient of that mean; the maps are summed before the ReLU."""
     import keras
     import tensorflow as tf
 
-    inner = keras.Model(model.inputs, [model.get_layer(last_block(model)).output, model.outputs[0]])
+    from lungct.model import ensemble_members
+
+    inners = [keras.Model(m.inputs, [m.get_layer(last_block(m)).output, m.outputs[0]]) for m in ensemble_members(model)]
     batch = tf.convert_to_tensor(tensor[np.newaxis], tf.float32)
     with tf.GradientTape() as tape:
-        features, logits = inner(batch, training=False)
+        outputs = [inner(batch, training=False) for inner in inners]
+        features = [f for f, _ in outputs]
+        logits = tf.add_n([l for _, l in outputs]) / len(outputs)
         index = int(tf.argmax(logits[0])) if class_index is None else class_index
         score = logits[0, index]
-    grads = tape.gradient(score, features)[0]
-    weights = tf.reduce_mean(grads, axis=(0, 1))
-    cam = tf.nn.relu(tf.reduce_sum(features[0] * weights, axis=-1)).numpy()
+    grads = tape.gradient(score, features)
+    maps = [tf.reduce_sum(f[0] * tf.reduce_mean(g[0], axis=(0, 1)), axis=-1) for f, g in zip(features, grads)]
+    cam = tf.nn.relu(tf.add_n(maps)).numpy()
     size = tensor.shape[0]
     cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR))
     cam = cam / cam.max() if cam.max() > 0 else cam

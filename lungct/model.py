@@ -40,3 +40,20 @@ def build_model(config: ModelConfig, input_size: int, channels: int = 1) -> kera
     x = layers.Dropout(config.dropout, name="dropout")(x)
     outputs = layers.Dense(len(CLASSES), name="logits")(x)
     return keras.Model(inputs, outputs, name="lungct_resnet")
+
+
+def average_ensemble(members: list[keras.Model]) -> keras.Model:
+    """One model whose logits are the mean of its members' logits (members renamed member0, member1, ...)."""
+    if len(members) == 1:
+        return members[0]
+    inputs = keras.Input(members[0].input_shape[1:], name="slice")
+    logits = []
+    for index, member in enumerate(members):
+        member.name = f"member{index}"
+        logits.append(member(inputs))
+    return keras.Model(inputs, layers.Average(name="logits")(logits), name="lungct_ensemble")
+
+
+def ensemble_members(model: keras.Model) -> list[keras.Model]:
+    """The single models inside an average_ensemble, or [model] for a single model."""
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)] or [model]

@@ -2,7 +2,8 @@ import keras
 import numpy as np
 
 from lungct.config import ModelConfig
-from lungct.model import build_model
+from lungct.explain import grad_cam
+from lungct.model import average_ensemble, build_model, ensemble_members
 
 
 def test_output_shape_and_residual_additions():
@@ -21,3 +22,28 @@ def test_width_and_input_size_configurable():
     small, wide = build_model(ModelConfig(width=8), 64), build_model(ModelConfig(width=16), 96)
     assert small.input_shape == (None, 64, 64, 1) and wide.input_shape == (None, 96, 96, 1)
     assert wide.count_params() > small.count_params()
+
+
+def test_ensemble_logits_are_the_members_mean():
+    members = [build_model(ModelConfig(width=16, stages=2), 32) for _ in range(3)]
+    batch = np.random.default_rng(0).random((5, 32, 32, 1), dtype=np.float32)
+    expected = np.mean([m.predict(batch, verbose=0) for m in members], axis=0)
+    ensemble = average_ensemble(members)
+    assert ensemble_members(ensemble) == members
+    np.testing.assert_allclose(ensemble.predict(batch, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    single = build_model(ModelConfig(width=16, stages=2), 32)
+    assert average_ensemble([single]) is single and ensemble_members(single) == [single]
+
+
+def test_ensemble_of_identical_members_explains_like_one_member():
+    config = ModelConfig(width=16, stages=2)
+    single = build_model(config, 32)
+    twins = [build_model(config, 32) for _ in range(2)]
+    for twin in twins:
+        twin.set_weights(single.get_weights())
+    tensor = np.random.default_rng(1).random((32, 32, 1), dtype=np.float32)
+    single_logits, single_cam = grad_cam(single, tensor)
+    ensemble_logits, ensemble_cam = grad_cam(average_ensemble(twins), tensor)
+    np.testing.assert_allclose(ensemble_logits, single_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ensemble_cam, single_cam, rtol=1e-4, atol=1e-5)
+    assert ensemble_cam.shape == (32, 32)

@@ -141,3 +141,21 @@ def test_mixup_blends_images_and_labels_with_the_same_weight():
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
     # label weights say how much of each original image each mixed image holds
     np.testing.assert_allclose(mixed[:, 0, 0, 0], soft @ np.arange(4, dtype=np.float32), rtol=1e-5)
+
+
+def test_ensemble_training_saves_one_model_that_serves_and_explains(samples_dir, tmp_path, sample_files):
+    from lungct.explain import grad_cam
+    from lungct.model import ensemble_members
+
+    assert train.main(["--data", str(samples_dir), "--epochs", "1", "--width", "16", "--stages", "2", "--size", "32",
+                       "--batch-size", "4", "--ensemble", "2", "--runs", str(tmp_path)]) == 0
+    predictor = Predictor.from_store("lungct:latest")
+    assert predictor.info.model.ensemble == 2
+    members = ensemble_members(predictor.model)
+    assert len(members) == 2
+    batch = np.stack([load_file(p, predictor.info.preprocess) for p in sample_files])
+    mean = np.mean([m.predict(batch, verbose=0) for m in members], axis=0)
+    np.testing.assert_allclose(predictor.logits(batch), mean, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(members[0].predict(batch, verbose=0), members[1].predict(batch, verbose=0))  # two seeds
+    _, cam = grad_cam(predictor.model, batch[0])
+    assert cam.shape == (32, 32) and 0 <= cam.min() and cam.max() <= 1

@@ -1,8 +1,7 @@
 """`python -m training.ensemble_cv RUN [RUN ...]`: score an ensemble from cross-validation runs' out-of-fold logits.
 
 Each RUN is a run folder of `training.train --cv K` (its oof.npz); the runs must share folds and data.
-Members are averaged as probabilities (the softmax of each member's logits), per fold, as a served
-ensemble would be. Prints per-run and ensemble accuracy and macro-F1 (mean ± std over folds).
+Members' logits are averaged, as `--ensemble N` models do when served (lungct.model.average_ensemble). Prints per-run and ensemble accuracy and macro-F1 (mean ± std over folds).
 """
 
 from __future__ import annotations
@@ -40,9 +39,9 @@ def ensemble_report(runs: list[Path]) -> dict:
         if not (np.array_equal(member["folds"], first["folds"]) and np.array_equal(member["digests"], first["digests"])):
             raise SystemExit(f"error: {run} was cross-validated on other folds or data than {runs[0]}")
     labels, folds = first["labels"], first["folds"]
-    probabilities = [softmax(member["logits"]) for member in members]
-    report = {str(run): fold_scores(p, labels, folds) for run, p in zip(runs, probabilities)}
-    report["ensemble"] = fold_scores(np.mean(probabilities, axis=0), labels, folds)
+    logits = [member["logits"] for member in members]
+    report = {str(run): fold_scores(softmax(l), labels, folds) for run, l in zip(runs, logits)}
+    report["ensemble"] = fold_scores(softmax(np.mean(logits, axis=0)), labels, folds)
     return report
 
 

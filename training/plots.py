@@ -13,14 +13,17 @@ import numpy as np  # noqa: E402
 from lungct.labels import CLASSES  # noqa: E402
 
 
-def plot_history(history: dict[str, list[float]], path: Path) -> None:
+def plot_history(histories: list[dict[str, list[float]]], path: Path) -> None:
+    """Loss and accuracy per epoch, train and valid, one pair of lines per ensemble member."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("loss", "accuracy")):
-        ax.plot(history.get(key, []), label=f"train {key}")
-        ax.plot(history.get(f"val_{key}", []), label=f"valid {key}")
+        for index, history in enumerate(histories):
+            member = f" (member {index})" if len(histories) > 1 else ""
+            ax.plot(history.get(key, []), label=f"train {key}{member}")
+            ax.plot(history.get(f"val_{key}", []), label=f"valid {key}{member}")
         ax.set_xlabel("epoch")
         ax.set_title(key)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -74,7 +74,19 @@ class EpochSummary:
 
 
 def fit(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg: ModelConfig, tcfg: TrainConfig):
-    """Train from scratch; early stopping on valid accuracy when a valid set is given."""
+    """Train `mcfg.ensemble` members (seeds seed, seed+1, ...) and average them; histories per member."""
+    from lungct.model import average_ensemble
+
+    members, histories = [], []
+    for index in range(mcfg.ensemble):
+        model, history = fit_one(train, valid, pcfg, mcfg, tcfg.model_copy(update={"seed": tcfg.seed + index}))
+        members.append(model)
+        histories.append(history)
+    return average_ensemble(members), histories
+
+
+def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg: ModelConfig, tcfg: TrainConfig):
+    """Train one model from scratch; early stopping on valid accuracy when a valid set is given."""
     import keras
 
     from lungct.model import build_model
@@ -139,12 +151,12 @@ def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg, run_dir: Path) -> 
     return summary
 
 
-def write_run(run_dir: Path, history: dict, metrics: dict, logits: np.ndarray, labels: np.ndarray,
+def write_run(run_dir: Path, histories: list[dict], metrics: dict, logits: np.ndarray, labels: np.ndarray,
               temperature: float) -> None:
     from training.plots import plot_confusion, plot_history, plot_reliability
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    plot_history(history, run_dir / "curves.png")
+    plot_history(histories, run_dir / "curves.png")
     plot_reliability(softmax(logits), softmax(logits, temperature), labels, run_dir / "reliability_valid.png")
     plot_confusion(metrics["valid"]["confusion_matrix"], run_dir / "confusion_valid.png")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -171,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"summary: cross-validation only, run {run_dir}")
             return 0
     fit_started = time.perf_counter()
-    model, history = fit(train, valid, pcfg, mcfg, tcfg)
+    model, histories = fit(train, valid, pcfg, mcfg, tcfg)
     fit_seconds = time.perf_counter() - fit_started
     logits = predict_logits(model, valid.images)
     temperature = fit_temperature(logits, valid.labels)
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         data_fingerprint=fingerprint(train.samples + valid.samples),
         metrics=metrics, versions=framework_versions(), training_seconds=round(fit_seconds, 1),
     )
-    write_run(run_dir, history, metrics, logits, valid.labels, temperature)
+    write_run(run_dir, histories, metrics, logits, valid.labels, temperature)
     tag = "(not saved)" if args.no_save else save_to_store(model, info)
     print(
         f"summary: train {len(train.labels)} valid {len(valid.labels)} skipped {len(skipped)} "
