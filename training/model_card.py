@@ -13,7 +13,7 @@ import numpy as np
 
 from lungct.metrics import classification_report
 from lungct.predictor import Predictor
-from lungct.store import SHIPPED_DIR
+from lungct.store import SHIPPED_DIR, ModelInfo
 from training.evaluate import predict_files
 
 
@@ -56,7 +56,7 @@ the aspect ratio onto a black {info.preprocess.size}x{info.preprocess.size} squa
 between the {info.preprocess.low_percentile} and {info.preprocess.high_percentile} percentiles.
 
 ## Model and training
-Residual CNN from scratch: {info.model.model_dump()}.
+{_architecture(info)} from scratch: {info.model.model_dump()}.
 Training: {info.train.model_dump()}; AdamW with warm-up and cosine decay, class weights, augmentation
 (mirror, rotation, zoom, shift, contrast), early stopping on valid accuracy.
 Training time of this model: {info.training_seconds:.0f} s on 2 CPU cores; Keras {info.versions.get('keras')},
@@ -74,8 +74,11 @@ Confusion matrix (rows true, columns predicted, order as above): `{report['confu
 
 Cross-validation: {cv_text}.
 
-Valid shares scans (and many near-duplicate slices) with train; grouped CV keeps duplicates and
-neighbouring slices together and is the more honest estimate. Expect lower accuracy on new scans.
+Valid shares scans (and many near-duplicate slices) with train, and valid accuracy also chose each
+member's stopping epoch (early stopping restores the best epoch), so the valid figures are optimistic;
+grouped CV (fixed epochs, duplicates and neighbouring slices kept in one fold) is the more honest
+estimate. Expect lower accuracy on new scans. The recipe studies behind this model are in README.md
+("Model studies").
 
 ## Calibration
 Temperature scaling fitted on valid: T = {info.temperature:.3f}; served probabilities are calibrated.
@@ -97,6 +100,13 @@ make train                      # trains this recipe and saves it into the Bento
 .venv/bin/python -m training.model_card --data ../shared/data/chest-ctscan-images/Data/valid --model {predictor.tag}
 ```
 """
+
+
+def _architecture(info: ModelInfo) -> str:
+    if info.model.ensemble == 1:
+        return "Residual CNN"
+    return (f"Ensemble of {info.model.ensemble} residual CNNs (training seeds {info.train.seed}.."
+            f"{info.train.seed + info.model.ensemble - 1}, logits averaged; one Keras model)")
 
 
 def main(argv: list[str] | None = None) -> int:
