@@ -25,11 +25,21 @@ def load_oof(run: Path) -> dict[str, np.ndarray]:
 
 
 def fold_scores(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
+    """The same summary as `training.train --cv K` writes (k, means, spreads, per-fold figures)."""
     reports = [classification_report(labels[folds == f], probabilities[folds == f].argmax(1)) for f in np.unique(folds)]
     acc = np.array([r["accuracy"] for r in reports])
     f1 = np.array([r["macro_f1"] for r in reports])
-    return {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
-            "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std())}
+    return {"k": len(reports), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+            "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()),
+            "folds": [{"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for r in reports]}
+
+
+def run_recipe(run: Path) -> dict:
+    """The recipe a CV run folder recorded in metrics.json."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found")
+    return json.loads(path.read_text())["cv"]["recipe"]
 
 
 def ensemble_report(runs: list[Path]) -> dict:

@@ -1,7 +1,8 @@
-"""`python -m training.model_card --data DIR [--model TAG] [--out models/MODEL_CARD.md]`: write the model card.
+"""`python -m training.model_card --data DIR [--model TAG] [--cv-runs RUN ...] [--out models/MODEL_CARD.md]`: write the model card.
 
-Every number comes from the stored metadata or from evaluating the model on DIR (bootstrap 95%
-intervals over the images, 2,000 resamples, seed 0).
+Every number comes from the stored metadata, from evaluating the model on DIR (bootstrap 95%
+intervals over the images, 2,000 resamples, seed 0) or, for an ensemble, from the cross-validation
+runs of its members (`--cv-runs`, one `training.train --cv K --cv-only --seed S` run per member).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from lungct.metrics import classification_report
 from lungct.predictor import Predictor
 from lungct.store import SHIPPED_DIR, ModelInfo
+from training.ensemble_cv import ensemble_report, run_recipe
 from training.evaluate import predict_files
 
 
@@ -24,13 +26,30 @@ def bootstrap(labels: np.ndarray, predicted: np.ndarray, resamples: int = 2000, 
     return {key: tuple(np.percentile([d[key] for d in draws], (2.5, 97.5))) for key in ("accuracy", "macro_f1")}
 
 
-def render(predictor: Predictor, data_dir: Path) -> str:
+def members_cv(info: ModelInfo, runs: list[Path]) -> dict:
+    """Grouped CV of an ensemble from its members' CV runs, after checking they are its recipe and seeds."""
+    seeds = sorted(run_recipe(run)["train"]["seed"] for run in runs)
+    expected = list(range(info.train.seed, info.train.seed + info.model.ensemble))
+    if seeds != expected:
+        raise SystemExit(f"error: the CV runs have seeds {seeds}; the model's members have {expected}")
+    mine = {"preprocess": info.preprocess.model_dump(), "model": info.model.model_dump(exclude={"ensemble"}),
+            "train": info.train.model_dump(exclude={"seed"})}
+    for run in runs:
+        recipe = run_recipe(run)
+        theirs = {"preprocess": recipe["preprocess"], "model": {k: v for k, v in recipe["model"].items() if k != "ensemble"},
+                  "train": {k: v for k, v in recipe["train"].items() if k != "seed"}}
+        if theirs != mine:
+            raise SystemExit(f"error: {run} cross-validated another recipe than the model's")
+    return ensemble_report(runs)["ensemble"]
+
+
+def render(predictor: Predictor, data_dir: Path, cv_runs: list[Path] | None = None) -> str:
     info = predictor.info
     labels, probabilities, _ = predict_files(predictor, data_dir)
     predicted = probabilities.argmax(axis=1)
     report = classification_report(labels, predicted)
     ci = bootstrap(labels, predicted)
-    cv = info.metrics.get("cv")
+    cv = members_cv(info, cv_runs) if cv_runs else info.metrics.get("cv")
     valid = info.metrics.get("valid", {})
     recall = "\n".join(f"| {name} | {row['recall']:.3f} | {row['precision']:.3f} | {row['support']} |"
                        for name, row in report["per_class"].items())
@@ -38,6 +57,12 @@ def render(predictor: Predictor, data_dir: Path) -> str:
     cv_text = (f"{cv['k']}-fold grouped CV over train+valid: accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_std']:.3f}, "
                f"macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f} (mean ± standard deviation over folds; "
                f"fold accuracies: {folds})" if cv else "not run for this model")
+    if cv_runs:
+        cv_text += (f"; the members' out-of-fold logits averaged, from one CV run per member seed "
+                    f"(`python -m training.ensemble_cv {' '.join(str(r) for r in cv_runs)}`)")
+    data = "../shared/data/chest-ctscan-images/Data"
+    cv_commands = "".join(f".venv/bin/python -m training.train --data {data} --cv 5 --cv-only --ensemble 1 --seed {seed}\n"
+                          for seed in range(info.train.seed, info.train.seed + info.model.ensemble)) if cv_runs else ""
     return f"""# Model card: {predictor.tag}
 
 ## Intended use
@@ -96,8 +121,8 @@ Expected calibration error on valid (10 bins): {valid.get('ece_before', float('n
 ## Reproduce
 ```bash
 make train                      # trains this recipe and saves it into the BentoML store (add --cv 5 for CV)
-.venv/bin/python -m training.evaluate --data ../shared/data/chest-ctscan-images/Data --split valid --model {predictor.tag}
-.venv/bin/python -m training.model_card --data ../shared/data/chest-ctscan-images/Data/valid --model {predictor.tag}
+{cv_commands}.venv/bin/python -m training.evaluate --data {data} --split valid --model {predictor.tag}
+.venv/bin/python -m training.model_card --data {data}/valid --model {predictor.tag}{" --cv-runs RUN ..." if cv_runs else ""}
 ```
 """
 
@@ -113,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", type=Path, required=True, help="folder of class folders to evaluate on")
     p.add_argument("--model", default="lungct:latest")
+    p.add_argument("--cv-runs", type=Path, nargs="+", help="CV run folders of an ensemble's members (seeds in order)")
     p.add_argument("--out", type=Path, default=SHIPPED_DIR / "MODEL_CARD.md")
     args = p.parse_args(argv)
-    args.out.write_text(render(Predictor.from_store(args.model), args.data))
+    args.out.write_text(render(Predictor.from_store(args.model), args.data, args.cv_runs))
     print(f"wrote {args.out}")
     return 0
 
