@@ -36,7 +36,7 @@ class ModelConfig(_Frozen):
     stages: int = Field(4, ge=1, le=6)
     blocks_per_stage: int = Field(1, ge=1, le=8)
     dropout: float = Field(0.2, ge=0, lt=1)
-    ensemble: int = Field(1, ge=1, le=8, description="members trained with consecutive seeds; their logits are averaged")
+    ensemble: int = Field(2, ge=1, le=8, description="members trained with consecutive seeds; their logits are averaged")
 
 
 class TrainConfig(_Frozen):

@@ -48,3 +48,15 @@ def test_ensemble_card_takes_cv_from_its_members_runs(samples_dir, tmp_path):
                        "--runs", str(tmp_path / "other")]) == 0
     with pytest.raises(SystemExit, match="another recipe"):
         model_card.main([*args, "--cv-runs", str(runs[0]), str(next((tmp_path / "other").iterdir()))])
+
+
+def test_shipped_card_cv_figures_come_from_the_committed_member_runs(shipped_tag):
+    from lungct.store import SHIPPED_DIR, read_info
+
+    info, _, _ = read_info(shipped_tag)
+    runs = sorted((SHIPPED_DIR / "cv").iterdir())
+    assert len(runs) == info.model.ensemble
+    cv = model_card.members_cv(info, runs)  # raises unless the runs are the shipped recipe and seeds
+    card = (SHIPPED_DIR / "MODEL_CARD.md").read_text()
+    assert f"accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_std']:.3f}" in card
+    assert shipped_tag in card

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
 from lungct.metrics import classification_report
 from lungct.predictor import Predictor
 from lungct.store import SHIPPED_DIR, ModelInfo
@@ -26,19 +27,21 @@ def bootstrap(labels: np.ndarray, predicted: np.ndarray, resamples: int = 2000, 
     return {key: tuple(np.percentile([d[key] for d in draws], (2.5, 97.5))) for key in ("accuracy", "macro_f1")}
 
 
+def _recipe_key(preprocess: dict, model: dict, train: dict) -> tuple:
+    """A recipe up to member count and seed; fields a run predates take their defaults."""
+    return (PreprocessConfig(**preprocess), ModelConfig(**model).model_copy(update={"ensemble": 1}),
+            TrainConfig(**train).model_copy(update={"seed": 0}))
+
+
 def members_cv(info: ModelInfo, runs: list[Path]) -> dict:
     """Grouped CV of an ensemble from its members' CV runs, after checking they are its recipe and seeds."""
     seeds = sorted(run_recipe(run)["train"]["seed"] for run in runs)
     expected = list(range(info.train.seed, info.train.seed + info.model.ensemble))
     if seeds != expected:
         raise SystemExit(f"error: the CV runs have seeds {seeds}; the model's members have {expected}")
-    mine = {"preprocess": info.preprocess.model_dump(), "model": info.model.model_dump(exclude={"ensemble"}),
-            "train": info.train.model_dump(exclude={"seed"})}
+    mine = _recipe_key(info.preprocess.model_dump(), info.model.model_dump(), info.train.model_dump())
     for run in runs:
-        recipe = run_recipe(run)
-        theirs = {"preprocess": recipe["preprocess"], "model": {k: v for k, v in recipe["model"].items() if k != "ensemble"},
-                  "train": {k: v for k, v in recipe["train"].items() if k != "seed"}}
-        if theirs != mine:
+        if _recipe_key(**run_recipe(run)) != mine:
             raise SystemExit(f"error: {run} cross-validated another recipe than the model's")
     return ensemble_report(runs)["ensemble"]
 
@@ -57,9 +60,11 @@ def render(predictor: Predictor, data_dir: Path, cv_runs: list[Path] | None = No
     cv_text = (f"{cv['k']}-fold grouped CV over train+valid: accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_std']:.3f}, "
                f"macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f} (mean ± standard deviation over folds; "
                f"fold accuracies: {folds})" if cv else "not run for this model")
+    runs = " ".join(str(r) for r in cv_runs or [])
     if cv_runs:
         cv_text += (f"; the members' out-of-fold logits averaged, from one CV run per member seed "
-                    f"(`python -m training.ensemble_cv {' '.join(str(r) for r in cv_runs)}`)")
+                    f"(`python -m training.ensemble_cv {runs}`)")
+    cv_flag = f" --cv-runs {runs}" if cv_runs else ""
     data = "../shared/data/chest-ctscan-images/Data"
     cv_commands = "".join(f".venv/bin/python -m training.train --data {data} --cv 5 --cv-only --ensemble 1 --seed {seed}\n"
                           for seed in range(info.train.seed, info.train.seed + info.model.ensemble)) if cv_runs else ""
@@ -122,7 +127,7 @@ Expected calibration error on valid (10 bins): {valid.get('ece_before', float('n
 ```bash
 make train                      # trains this recipe and saves it into the BentoML store (add --cv 5 for CV)
 {cv_commands}.venv/bin/python -m training.evaluate --data {data} --split valid --model {predictor.tag}
-.venv/bin/python -m training.model_card --data {data}/valid --model {predictor.tag}{" --cv-runs RUN ..." if cv_runs else ""}
+.venv/bin/python -m training.model_card --data {data}/valid --model {predictor.tag}{cv_flag}
 ```
 """
 

@@ -147,7 +147,7 @@ def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg, run_dir: Path) -> 
     }
     print(f"{k}-fold grouped CV: accuracy {acc.mean():.4f} ± {acc.std():.4f}, macro-F1 {f1.mean():.4f} ± {f1.std():.4f}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(run_dir / "oof.npz", logits=oof, labels=data.labels, folds=folds, digests=np.array(data.digests))
+    np.savez_compressed(run_dir / "oof.npz", logits=oof, labels=data.labels, folds=folds, digests=np.array(data.digests))
     return summary
 
 
