@@ -26,7 +26,7 @@ from lungct.config import DecodeConfig, ServeConfig
 from lungct.decode import DecodeError, decode_image
 from lungct.explain import grad_cam, overlay_png
 from lungct.memory import limit_arenas, trim_every
-from lungct.middleware import UploadGuard, UploadRoute
+from lungct.middleware import CloseWhenStopping, Stopping, UploadGuard, UploadRoute
 from lungct.predictor import Predictor
 from lungct.preprocess import load_tensor, preprocess_framed
 from lungct.store import ModelMissingError, check_model, read_info
@@ -38,6 +38,7 @@ try:  # fail at start, in the serving CLI's own process, rather than restarting 
 except ModelMissingError as error:
     raise SystemExit(f"lungct: cannot serve: {error}") from error
 RESEARCH_ONLY = "Research use only, not for diagnosis."
+STOPPING = Stopping()  # this process got SIGTERM
 
 
 class Prediction(BaseModel):
@@ -73,22 +74,32 @@ class Overloaded(Exception):
                             headers={"Retry-After": "1"})
 
 
+def _wrap_sigterm(handler) -> None:
+    """Install handler(original, signum, frame) for SIGTERM around the handler uvicorn installed.
+    Call during start-up (service __init__), after uvicorn has installed its own."""
+    original = signal.getsignal(signal.SIGTERM)
+    if callable(original):
+        signal.signal(signal.SIGTERM, lambda signum, frame: handler(original, signum, frame))
+
+
+def on_sigterm(action) -> None:
+    """Run `action()` on SIGTERM, then uvicorn's handler (stop accepting, finish in-flight requests)."""
+
+    def handler(original, signum, frame) -> None:
+        action()
+        original(signum, frame)
+
+    _wrap_sigterm(handler)
+
+
 def defer_sigterm(seconds: float) -> None:
     """Keep the model process serving for `seconds` after SIGTERM.
 
     BentoML stops all its processes at once; the front process finishes its in-flight requests
-    on SIGTERM, and those still need the model. Called during start-up, after uvicorn has
-    installed its own handler, which this wraps.
+    on SIGTERM, and those still need the model.
     """
     loop = asyncio.get_running_loop()
-    original = signal.getsignal(signal.SIGTERM)
-    if not callable(original):
-        return
-
-    def deferred(signum, frame) -> None:
-        loop.call_soon_threadsafe(loop.call_later, seconds, original, signum, frame)
-
-    signal.signal(signal.SIGTERM, deferred)
+    _wrap_sigterm(lambda original, signum, frame: loop.call_soon_threadsafe(loop.call_later, seconds, original, signum, frame))
 
 
 def _model_info(_: Request) -> JSONResponse:
@@ -146,10 +157,11 @@ class LungCT:
         self._recovery: asyncio.Task | None = None
         limit_arenas(2)
         trim_every(CONFIG.malloc_trim_s)
+        on_sigterm(lambda: setattr(STOPPING, "set", True))
 
     async def __is_ready__(self) -> bool:
-        """Not ready while the model process is known to be down (it is restarted by BentoML)."""
-        return self.model_up
+        """Not ready while the model process is known to be down (it is restarted by BentoML) or this one stops."""
+        return self.model_up and not STOPPING.set
 
     def _model_down(self) -> None:
         if self.model_up:
@@ -260,6 +272,7 @@ class LungCT:
         return items
 
 
+LungCT.add_asgi_middleware(CloseWhenStopping, stopping=STOPPING)
 LungCT.add_asgi_middleware(
     UploadGuard,
     routes={"/predict": UploadRoute("image", 1), "/explain": UploadRoute("image", 1), "/predict_batch": UploadRoute("images", CONFIG.max_files_per_batch)},

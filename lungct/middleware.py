@@ -128,3 +128,30 @@ def encode_form(field: str, files: list[bytes]) -> tuple[str, bytes]:
         for i, data in enumerate(files)
     ]
     return boundary, b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+class Stopping:
+    """Set once the process has been asked to stop (SIGTERM)."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+
+class CloseWhenStopping:
+    """After SIGTERM, every response carries `Connection: close`, so keep-alive clients reconnect
+    (and are refused) instead of sending more requests on a connection of a stopping worker."""
+
+    def __init__(self, app, stopping: Stopping) -> None:
+        self.app, self.stopping = app, stopping
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_closing(message) -> None:
+            if message["type"] == "http.response.start" and self.stopping.set:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
