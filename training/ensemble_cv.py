@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungct.metrics import classification_report
-from lungct.predictor import softmax
+from lungct.metrics import cv_summary
 
 
 def load_oof(run: Path) -> dict[str, np.ndarray]:
@@ -22,16 +21,6 @@ def load_oof(run: Path) -> dict[str, np.ndarray]:
         raise SystemExit(f"error: {path} not found: run `python -m training.train --cv K` first")
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
-
-
-def fold_scores(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
-    """The same summary as `training.train --cv K` writes (k, means, spreads, per-fold figures)."""
-    reports = [classification_report(labels[folds == f], probabilities[folds == f].argmax(1)) for f in np.unique(folds)]
-    acc = np.array([r["accuracy"] for r in reports])
-    f1 = np.array([r["macro_f1"] for r in reports])
-    return {"k": len(reports), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
-            "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()),
-            "folds": [{"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for r in reports]}
 
 
 def run_recipe(run: Path) -> dict:
@@ -50,8 +39,8 @@ def ensemble_report(runs: list[Path]) -> dict:
             raise SystemExit(f"error: {run} was cross-validated on other folds or data than {runs[0]}")
     labels, folds = first["labels"], first["folds"]
     logits = [member["logits"] for member in members]
-    report = {str(run): fold_scores(softmax(l), labels, folds) for run, l in zip(runs, logits)}
-    report["ensemble"] = fold_scores(softmax(np.mean(logits, axis=0)), labels, folds)
+    report = {str(run): cv_summary(l, labels, folds) for run, l in zip(runs, logits)}
+    report["ensemble"] = cv_summary(np.mean(logits, axis=0), labels, folds)
     return report
 
 

@@ -35,13 +35,14 @@ def _recipe_key(preprocess: dict, model: dict, train: dict) -> tuple:
 
 def members_cv(info: ModelInfo, runs: list[Path]) -> dict:
     """Grouped CV of an ensemble from its members' CV runs, after checking they are its recipe and seeds."""
-    seeds = sorted(run_recipe(run)["train"]["seed"] for run in runs)
+    recipes = [run_recipe(run) for run in runs]
+    seeds = sorted(recipe["train"]["seed"] for recipe in recipes)
     expected = list(range(info.train.seed, info.train.seed + info.model.ensemble))
     if seeds != expected:
         raise SystemExit(f"error: the CV runs have seeds {seeds}; the model's members have {expected}")
     mine = _recipe_key(info.preprocess.model_dump(), info.model.model_dump(), info.train.model_dump())
-    for run in runs:
-        if _recipe_key(**run_recipe(run)) != mine:
+    for run, recipe in zip(runs, recipes):
+        if _recipe_key(**recipe) != mine:
             raise SystemExit(f"error: {run} cross-validated another recipe than the model's")
     return ensemble_report(runs)["ensemble"]
 

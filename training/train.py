@@ -14,7 +14,7 @@ from lungct.calibration import expected_calibration_error, fit_temperature
 from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
 from lungct.dataset import DatasetError, fingerprint, grouped_folds, list_samples, resolve_split
 from lungct.labels import CLASSES
-from lungct.metrics import classification_report, format_report
+from lungct.metrics import classification_report, cv_summary, format_report
 from lungct.predictor import softmax
 from lungct.store import ModelInfo, framework_versions, save_to_store, stamp
 from training.data import LoadedSet, class_weights, clean_training_set, concat, load_set, make_dataset
@@ -127,25 +127,19 @@ def predict_logits(model, images: np.ndarray) -> np.ndarray:
 def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg, run_dir: Path) -> dict:
     """Grouped K-fold CV: duplicates and near duplicates always stay in one fold; fixed epochs, no early stopping.
 
-    The folds have their own seed, so runs with other training seeds are scored on the same folds; out-of-fold logits go to run_dir/oof.npz for ensemble studies (training.ensemble_cv)."""
+    The folds have their own seed, so runs with other training seeds are scored on the same folds;
+    out-of-fold logits go to run_dir/oof.npz for ensemble studies (training.ensemble_cv)."""
     folds = grouped_folds(data.groups(), data.labels, k, tcfg.fold_seed)
     oof = np.zeros((len(data.labels), len(CLASSES)), dtype=np.float32)
-    results = []
     for fold in range(k):
         held = np.flatnonzero(folds == fold)
         model, _ = fit(data.subset(np.flatnonzero(folds != fold)), None, pcfg, mcfg, tcfg)
         oof[held] = predict_logits(model, data.images[held])
         report = classification_report(data.labels[held], oof[held].argmax(1))
         print(f"fold {fold + 1}/{k}: n {report['n']} accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f}", flush=True)
-        results.append(report)
-    acc = np.array([r["accuracy"] for r in results])
-    f1 = np.array([r["macro_f1"] for r in results])
-    summary = {
-        "k": k, "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
-        "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()),
-        "folds": [{"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for r in results],
-    }
-    print(f"{k}-fold grouped CV: accuracy {acc.mean():.4f} ± {acc.std():.4f}, macro-F1 {f1.mean():.4f} ± {f1.std():.4f}")
+    summary = cv_summary(oof, data.labels, folds)
+    print(f"{k}-fold grouped CV: accuracy {summary['accuracy_mean']:.4f} ± {summary['accuracy_std']:.4f}, "
+          f"macro-F1 {summary['macro_f1_mean']:.4f} ± {summary['macro_f1_std']:.4f}")
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run_dir / "oof.npz", logits=oof, labels=data.labels, folds=folds, digests=np.array(data.digests))
     return summary
