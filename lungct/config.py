@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +20,8 @@ class PreprocessConfig(_Frozen):
     foreground_threshold: float = Field(0.1, gt=0, lt=1, description="intensity that counts as body")
     low_percentile: float = Field(0.5, ge=0, lt=50)
     high_percentile: float = Field(99.5, gt=50, le=100)
+    intensity: Literal["percentile", "equalize"] = Field(
+        "percentile", description="contrast stretch between the percentiles, or histogram equalisation over the body")
 
 
 class DecodeConfig(_Frozen):
@@ -54,6 +57,9 @@ class TrainConfig(_Frozen):
     augment: bool = True
     augment_strength: float = Field(1.0, gt=0, description="scales rotation, zoom, shift and contrast ranges")
     mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) concentration; 0 turns mixup off")
+    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a) concentration; 0 turns cutmix off")
+    ema: float = Field(0.0, ge=0, lt=1, description="momentum of an exponential moving average of the weights per step "
+                       "(0: off); the average is the trained model, so early stopping is not used")
 
 
 def _env(name: str, default: str) -> str:

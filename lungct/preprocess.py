@@ -76,11 +76,29 @@ def stretch_contrast(image: np.ndarray, low_percentile: float, high_percentile: 
     return np.clip((image - low) / (high - low), 0.0, 1.0, dtype=np.float32)
 
 
+def equalize_body(image: np.ndarray, threshold: float) -> np.ndarray:
+    """Histogram equalisation over the body: each body pixel becomes the fraction of body pixels at or below
+    it, so the slice's grey levels are spread evenly whatever window it was exported with; background stays 0."""
+    body = image > threshold
+    if not body.any():
+        return np.zeros_like(image, dtype=np.float32)
+    ordered = np.sort(image[body])
+    out = np.zeros_like(image, dtype=np.float32)
+    out[body] = np.searchsorted(ordered, image[body], side="right") / ordered.size
+    return out
+
+
+def normalise_intensity(square: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    if config.intensity == "equalize":
+        return equalize_body(square, config.foreground_threshold)
+    return stretch_contrast(square, config.low_percentile, config.high_percentile)
+
+
 def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """Greyscale [0, 1] slice -> float32 tensor (size, size, 1) in [0, 1].
 
     Crops to the body so the framing and export size of a slice do not matter, resizes
-    keeping the aspect ratio (black padding), then stretches contrast between percentiles.
+    keeping the aspect ratio (black padding), then normalises intensity (`config.intensity`).
     """
     return preprocess_framed(image, config)[0]
 
@@ -89,7 +107,7 @@ def preprocess_framed(image: np.ndarray, config: PreprocessConfig) -> tuple[np.n
     """`preprocess`, also returning the framing (for mapping explanations back onto the slice)."""
     image = np.asarray(image, dtype=np.float32)
     frame = framing(image, config)
-    square = stretch_contrast(fit_into_square(image, frame, config.size), config.low_percentile, config.high_percentile)
+    square = normalise_intensity(fit_into_square(image, frame, config.size), config)
     return square[..., np.newaxis], frame
 
 

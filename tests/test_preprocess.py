@@ -35,3 +35,24 @@ def test_rgb_and_size_shortcuts_are_removed(sample_files, tmp_path):
     big.save(path)
     a, b = load_file(source, config), load_file(path, config)
     assert np.abs(a - b).mean() < 0.03
+
+
+def test_equalize_spreads_body_levels_evenly_and_keeps_background_black():
+    rng = np.random.default_rng(0)
+    image = np.zeros((64, 64), np.float32)
+    image[8:56, 8:56] = rng.uniform(0.2, 0.5, (48, 48)) ** 3 + 0.15  # a dim, skewed body
+    out = preprocess(image, PreprocessConfig(size=64, crop_foreground=False, intensity="equalize"))[..., 0]
+    body = out[10:54, 10:54]
+    assert out[:6].max() == 0.0 and out.max() == 1.0
+    # equalised levels are close to uniform on (0, 1]: quartiles near 0.25, 0.5, 0.75
+    np.testing.assert_allclose(np.percentile(body, [25, 50, 75]), [0.25, 0.5, 0.75], atol=0.05)
+
+
+def test_equalize_ignores_any_monotonic_change_of_body_grey_levels():
+    """Histogram equalisation depends only on the order of body grey levels, not on the export window."""
+    from lungct.preprocess import equalize_body
+
+    rng = np.random.default_rng(1)
+    image = np.where(rng.random((40, 40)) < 0.3, 0.0, rng.uniform(0.12, 1.0, (40, 40))).astype(np.float32)
+    rewindowed = np.where(image > 0.1, 0.1 + 0.9 * ((image - 0.1) / 0.9) ** 2.5, image).astype(np.float32)
+    np.testing.assert_array_equal(equalize_body(image, 0.1), equalize_body(rewindowed, 0.1))

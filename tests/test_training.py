@@ -102,7 +102,8 @@ def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path,
 
 def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp_path, capsys):
     runs = []
-    for seed, extra in ((1, []), (2, ["--mixup", "0.2", "--augment-strength", "1.5"])):
+    study = ["--mixup", "0.2", "--augment-strength", "1.5", "--cutmix", "1.0", "--ema", "0.9", "--no-augment"]
+    for seed, extra in ((1, []), (2, study)):
         out_dir = tmp_path / f"seed{seed}"
         assert train.main(["--data", str(samples_dir), "--cv", "2", "--cv-only", "--epochs", "1", "--width", "16",
                            "--stages", "1", "--size", "32", "--seed", str(seed), "--runs", str(out_dir), *extra]) == 0
@@ -110,7 +111,8 @@ def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp
         assert "cross-validation only" in capsys.readouterr().out
         assert not (runs[-1] / "curves.png").exists()  # no final fit
     recipe = json.loads((runs[1] / "metrics.json").read_text())["cv"]["recipe"]["train"]
-    assert (recipe["mixup"], recipe["augment_strength"]) == (0.2, 1.5)
+    assert (recipe["mixup"], recipe["augment_strength"], recipe["cutmix"], recipe["ema"], recipe["augment"]) == (
+        0.2, 1.5, 1.0, 0.9, False)
     report = ensemble_cv.ensemble_report(runs)
     assert set(report) == {str(runs[0]), str(runs[1]), "ensemble"}
     assert 0 <= report["ensemble"]["accuracy_mean"] <= 1
@@ -141,6 +143,35 @@ def test_mixup_blends_images_and_labels_with_the_same_weight():
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
     # label weights say how much of each original image each mixed image holds
     np.testing.assert_allclose(mixed[:, 0, 0, 0], soft @ np.arange(4, dtype=np.float32), rtol=1e-5)
+
+
+def test_cutmix_pastes_one_box_and_labels_by_area():
+    import tensorflow as tf
+
+    from training.data import cutmix
+
+    tf.random.set_seed(3)
+    images = tf.constant(np.arange(8, dtype=np.float32)[:, None, None, None] * np.ones((8, 16, 16, 1), np.float32))
+    labels = tf.constant(np.eye(8, dtype=np.float32)[:, :4] + np.eye(8, 4, -4, dtype=np.float32))
+    mixed, soft = (t.numpy() for t in cutmix(images, labels, 1.0))
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
+    for image, own in zip(mixed[..., 0], range(8)):
+        values = set(np.unique(image)) - {float(own)}
+        assert len(values) <= 1, "at most one other image is pasted in"
+        foreign = image != own
+        if foreign.any():  # the pasted pixels form one axis-aligned box
+            rows, cols = np.flatnonzero(foreign.any(1)), np.flatnonzero(foreign.any(0))
+            assert foreign[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+    kept = np.array([(m[..., 0] == i).mean() for i, m in enumerate(mixed)])
+    np.testing.assert_allclose(soft[np.arange(8), np.arange(8) % 4] >= kept - 1e-6, True)
+
+
+def test_ema_training_skips_early_stopping_and_saves_the_average(samples_dir, tmp_path, capsys):
+    assert train.main(["--data", str(samples_dir), "--epochs", "2", "--width", "16", "--stages", "1", "--size", "32",
+                       "--batch-size", "4", "--ema", "0.5", "--intensity", "equalize", "--runs", str(tmp_path)]) == 0
+    assert "early stopping" not in capsys.readouterr().out
+    predictor = Predictor.from_store("lungct:latest")
+    assert (predictor.info.train.ema, predictor.info.preprocess.intensity) == (0.5, "equalize")
 
 
 def test_ensemble_training_saves_one_model_that_serves_and_explains(samples_dir, tmp_path, sample_files):

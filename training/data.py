@@ -99,22 +99,53 @@ def augmenter(seed: int, strength: float = 1.0):
     )
 
 
-def mixup(images, labels, alpha: float):
-    """Blend each example of a batch with another of the same batch, weight ~ Beta(alpha, alpha)."""
+def _partners(images, alpha: float):
+    """A partner index for each example of a batch, and a weight ~ Beta(alpha, alpha) per example."""
     import tensorflow as tf
 
     n = tf.shape(images)[0]
     a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
-    weight = a / (a + b)
-    partner = tf.random.shuffle(tf.range(n))
-    mixed_images = weight[:, None, None, None] * images + (1 - weight[:, None, None, None]) * tf.gather(images, partner)
-    mixed_labels = weight[:, None] * labels + (1 - weight[:, None]) * tf.gather(labels, partner)
-    return mixed_images, mixed_labels
+    return tf.random.shuffle(tf.range(n)), a / (a + b)
+
+
+def _blend_labels(labels, partner, kept):
+    import tensorflow as tf
+
+    return kept[:, None] * labels + (1 - kept[:, None]) * tf.gather(labels, partner)
+
+
+def mixup(images, labels, alpha: float):
+    """Blend each example of a batch with another of the same batch, weight ~ Beta(alpha, alpha)."""
+    import tensorflow as tf
+
+    partner, weight = _partners(images, alpha)
+    mixed = weight[:, None, None, None] * images + (1 - weight[:, None, None, None]) * tf.gather(images, partner)
+    return mixed, _blend_labels(labels, partner, weight)
+
+
+def cutmix(images, labels, alpha: float):
+    """Paste a box of another example of the batch into each example (box area ~ 1 - Beta(alpha, alpha));
+    labels are blended by the share of pixels each example keeps."""
+    import tensorflow as tf
+
+    partner, weight = _partners(images, alpha)
+    side = tf.cast(tf.shape(images)[1], tf.float32)
+    half = tf.sqrt(1.0 - weight) * side / 2
+    n = tf.shape(images)[0]
+    coords = tf.range(side)
+
+    def inside():
+        centre = tf.random.uniform([n], 0.0, side)
+        return (coords[None, :] >= (centre - half)[:, None]) & (coords[None, :] < (centre + half)[:, None])
+
+    box = tf.cast(inside()[:, :, None] & inside()[:, None, :], images.dtype)[..., None]
+    mixed = images * (1 - box) + tf.gather(images, partner) * box
+    return mixed, _blend_labels(labels, partner, 1 - tf.reduce_mean(box, axis=[1, 2, 3]))
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: bool, shuffle: bool,
-                 mixup_alpha: float = 0.0, augment_strength: float = 1.0):
-    """A tf.data pipeline of (image, one-hot label) batches; augmentation, then mixup, on training batches."""
+                 mixup_alpha: float = 0.0, augment_strength: float = 1.0, cutmix_alpha: float = 0.0):
+    """A tf.data pipeline of (image, one-hot label) batches; augmentation, then mixup and cutmix, on training batches."""
     import tensorflow as tf
 
     one_hot = np.eye(len(CLASSES), dtype=np.float32)[labels]
@@ -128,4 +159,6 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: 
                     num_parallel_calls=tf.data.AUTOTUNE)
     if mixup_alpha > 0:
         ds = ds.map(lambda x, y: mixup(x, y, mixup_alpha), num_parallel_calls=tf.data.AUTOTUNE)
+    if cutmix_alpha > 0:
+        ds = ds.map(lambda x, y: cutmix(x, y, cutmix_alpha), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

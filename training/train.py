@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -29,10 +30,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders (curves, confusion matrix, metrics.json) go")
     p.add_argument("--cv-only", action="store_true", help="stop after cross-validation (a study run)")
     p.add_argument("--no-save", action="store_true", help="do not save into the BentoML model store")
-    for name, field in {**TrainConfig.model_fields, **ModelConfig.model_fields}.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(field.default), default=None, help=field.description)
-    p.add_argument("--size", type=int, default=None, help="input side in pixels")
+    for cls in (PreprocessConfig, ModelConfig, TrainConfig):
+        for name, field in cls.model_fields.items():
+            p.add_argument(f"--{name.replace('_', '-')}", default=None, help=field.description, **_arg_kind(field))
     return p.parse_args(argv)
+
+
+def _arg_kind(field) -> dict:
+    """argparse options for a config field: --x/--no-x for booleans, choices for literals."""
+    if isinstance(field.default, bool):
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": type(field.default), "choices": get_args(field.annotation) or None}
 
 
 def configs_from(args: argparse.Namespace) -> tuple[PreprocessConfig, ModelConfig, TrainConfig]:
@@ -86,7 +94,8 @@ def fit(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg:
 
 
 def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg: ModelConfig, tcfg: TrainConfig):
-    """Train one model from scratch; early stopping on valid accuracy when a valid set is given."""
+    """Train one model from scratch; early stopping on valid accuracy when a valid set is given (not with EMA,
+    whose averaged weights Keras writes into the model when fit ends)."""
     import keras
 
     from lungct.model import build_model
@@ -100,7 +109,8 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
         warmup_target=tcfg.learning_rate, warmup_steps=steps * tcfg.warmup_epochs,
     )
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=tcfg.weight_decay),
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=tcfg.weight_decay, use_ema=tcfg.ema > 0,
+                                         ema_momentum=tcfg.ema or 0.99),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=tcfg.label_smoothing),
         metrics=["accuracy"],
     )
@@ -108,12 +118,13 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
     val_ds = None
     if valid is not None:
         val_ds = make_dataset(valid.images, valid.labels, 64, tcfg.seed, augment=False, shuffle=False)
+    if valid is not None and not tcfg.ema:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=tcfg.patience, restore_best_weights=True,
             start_from_epoch=tcfg.epochs // 2))
     history = model.fit(
         make_dataset(train.images, train.labels, tcfg.batch_size, tcfg.seed, tcfg.augment, shuffle=True,
-                     mixup_alpha=tcfg.mixup, augment_strength=tcfg.augment_strength),
+                     mixup_alpha=tcfg.mixup, augment_strength=tcfg.augment_strength, cutmix_alpha=tcfg.cutmix),
         validation_data=val_ds, epochs=tcfg.epochs, class_weight=class_weights(train.labels),
         callbacks=callbacks, verbose=1,
     )
