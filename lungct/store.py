@@ -98,11 +98,12 @@ def read_info(tag: str = f"{MODEL_NAME}:latest") -> tuple[ModelInfo, str, str]:
 def load_from_store(tag: str = f"{MODEL_NAME}:latest"):
     """Return (keras model, ModelInfo, full tag, creation time) or raise ModelMissingError."""
     import bentoml
-    import keras
+
+    from lungct.model import load_model
 
     info, full_tag, created = read_info(tag)
     try:
-        model = keras.saving.load_model(bentoml.models.get(full_tag).path_of(WEIGHTS_FILE), compile=False)
+        model = load_model(bentoml.models.get(full_tag).path_of(WEIGHTS_FILE))
     except Exception as exc:
         raise ModelMissingError(f"model {full_tag} in the store cannot be loaded ({exc}): {_hint()}") from exc
     return model, info, full_tag, created
@@ -124,7 +125,8 @@ def export_shipped(tag: str, folder: Path = SHIPPED_DIR) -> Path:
 def import_shipped(folder: Path = SHIPPED_DIR) -> str:
     """Put the model committed under ``models/`` into the local store unless it is already there."""
     import bentoml
-    import keras
+
+    from lungct.model import load_model
 
     metadata = json.loads((folder / METADATA_FILE).read_text())
     tag = metadata.pop("tag")
@@ -133,7 +135,7 @@ def import_shipped(folder: Path = SHIPPED_DIR) -> str:
     except bentoml.exceptions.NotFound:
         pass
     info = ModelInfo.model_validate(metadata)
-    model = keras.saving.load_model(folder / WEIGHTS_FILE, compile=False)
+    model = load_model(folder / WEIGHTS_FILE)
     return save_to_store(model, info, version=tag.split(":", 1)[1])
 
 

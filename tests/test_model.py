@@ -47,3 +47,25 @@ def test_ensemble_of_identical_members_explains_like_one_member():
     np.testing.assert_allclose(ensemble_logits, single_logits, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ensemble_cam, single_cam, rtol=1e-4, atol=1e-5)
     assert ensemble_cam.shape == (32, 32)
+
+
+def test_stochastic_depth_drops_whole_branches_in_training_only(tmp_path):
+    from lungct.model import StochasticDepth, load_model
+
+    layer = StochasticDepth(0.5, seed=0)
+    ones = np.ones((400, 3, 3, 2), np.float32)
+    dropped = np.asarray(layer(ones, training=True))
+    per_example = dropped.reshape(400, -1)
+    assert set(np.unique(per_example)) == {0.0, 2.0}, "branches are dropped or scaled by 1/(1 - rate), whole"
+    assert (per_example == per_example[:, :1]).all()
+    assert 0.4 < (per_example[:, 0] == 0).mean() < 0.6
+    np.testing.assert_array_equal(np.asarray(layer(ones, training=False)), ones)
+
+    config = ModelConfig(width=16, stages=3, stochastic_depth=0.3)
+    model = build_model(config, 32)
+    rates = [layer.rate for layer in model.layers if isinstance(layer, StochasticDepth)]
+    np.testing.assert_allclose(rates, [0.1, 0.2, 0.3])  # deeper blocks dropped more often
+    assert not any(isinstance(layer, StochasticDepth) for layer in build_model(ModelConfig(width=16), 32).layers)
+    model.save(tmp_path / "m.keras")
+    batch = np.random.default_rng(2).random((3, 32, 32, 1), dtype=np.float32)
+    np.testing.assert_array_equal(load_model(tmp_path / "m.keras").predict(batch, verbose=0), model.predict(batch, verbose=0))

@@ -166,12 +166,18 @@ def test_cutmix_pastes_one_box_and_labels_by_area():
     np.testing.assert_allclose(soft[np.arange(8), np.arange(8) % 4] >= kept - 1e-6, True)
 
 
-def test_ema_training_skips_early_stopping_and_saves_the_average(samples_dir, tmp_path, capsys):
+def test_study_options_train_save_and_load_back(samples_dir, tmp_path, monkeypatch):
+    import keras
+
+    stoppers = []
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", lambda **kw: stoppers.append(kw) or keras.callbacks.Callback())
     assert train.main(["--data", str(samples_dir), "--epochs", "2", "--width", "16", "--stages", "1", "--size", "32",
-                       "--batch-size", "4", "--ema", "0.5", "--intensity", "equalize", "--runs", str(tmp_path)]) == 0
-    assert "early stopping" not in capsys.readouterr().out
-    predictor = Predictor.from_store("lungct:latest")
-    assert (predictor.info.train.ema, predictor.info.preprocess.intensity) == (0.5, "equalize")
+                       "--batch-size", "4", "--ema", "0.5", "--intensity", "equalize", "--stochastic-depth", "0.2",
+                       "--runs", str(tmp_path)]) == 0
+    assert stoppers == [], "with EMA the averaged weights are the model: no early stopping"
+    predictor = Predictor.from_store("lungct:latest")  # a model with StochasticDepth layers loads back
+    info = predictor.info
+    assert (info.train.ema, info.preprocess.intensity, info.model.stochastic_depth) == (0.5, "equalize", 0.2)
 
 
 def test_ensemble_training_saves_one_model_that_serves_and_explains(samples_dir, tmp_path, sample_files):
