@@ -42,6 +42,20 @@ def test_kaggle_duplicates_stay_in_one_fold(tmp_path):
     assert folds[names["l4.png"]] == folds[names["sq2.png"]]
 
 
+def test_folds_do_not_depend_on_the_runs_preprocessing():
+    """Study runs with another input size or intensity normalisation are scored on the same folds."""
+    from lungct.config import PreprocessConfig
+    from tests.conftest import KAGGLE
+    from training.data import load_set
+
+    if not KAGGLE.is_dir():
+        pytest.skip("../shared dataset not present")
+    samples = list_samples(KAGGLE / "train")
+    folds = [grouped_folds(data.groups(), data.labels, 5, seed=1337) for data in (
+        load_set(samples, PreprocessConfig(size=32)), load_set(samples, PreprocessConfig(size=48, intensity="equalize")))]
+    np.testing.assert_array_equal(*folds)
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(DatasetError, match="no class folders"):
         list_samples(tmp_path)

@@ -9,11 +9,19 @@ import numpy as np
 
 from lungct.config import PreprocessConfig
 from lungct.dataset import Sample, duplicate_groups, file_digest
-from lungct.decode import DecodeError
+from lungct.decode import DecodeError, decode_image
 from lungct.labels import CLASSES
-from lungct.preprocess import load_file, resize
+from lungct.preprocess import preprocess, resize
 
 log = logging.getLogger("lungct.training")
+
+
+GROUPING = PreprocessConfig()  # near duplicates are found on the default framing, whatever a run's preprocessing
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """16 x 16 summary of a decoded slice for near-duplicate search (same for every run, so folds are too)."""
+    return resize(preprocess(image, GROUPING)[..., 0], 16, 16)
 
 
 @dataclass
@@ -22,40 +30,44 @@ class LoadedSet:
     labels: np.ndarray
     samples: list[Sample]
     digests: list[str]
+    thumbnails: np.ndarray
     skipped: list[str] = field(default_factory=list)
 
     def subset(self, index: np.ndarray) -> "LoadedSet":
         return LoadedSet(
-            self.images[index], self.labels[index], [self.samples[i] for i in index], [self.digests[i] for i in index]
+            self.images[index], self.labels[index], [self.samples[i] for i in index], [self.digests[i] for i in index],
+            self.thumbnails[index],
         )
 
     def groups(self) -> np.ndarray:
-        thumbnails = np.stack([resize(image[..., 0], 16, 16) for image in self.images])
-        return duplicate_groups(self.digests, thumbnails)
+        return duplicate_groups(self.digests, self.thumbnails)
 
 
 def load_set(samples: list[Sample], config: PreprocessConfig) -> LoadedSet:
     """Decode and preprocess every sample; unreadable files are skipped with a warning naming each."""
-    images, labels, kept, digests, skipped = [], [], [], [], []
+    images, labels, kept, digests, thumbnails, skipped = [], [], [], [], [], []
     for sample in samples:
         try:
-            images.append(load_file(sample.path, config))
+            decoded = decode_image(sample.path.read_bytes(), str(sample.path))
         except (DecodeError, OSError) as exc:
             log.warning("skipping %s", exc)
             skipped.append(str(sample.path))
             continue
+        images.append(preprocess(decoded, config))
+        thumbnails.append(thumbnail(decoded))
         labels.append(sample.label)
         kept.append(sample)
         digests.append(file_digest(sample.path))
     if not kept:
         raise ValueError("no readable images were found")
-    return LoadedSet(np.stack(images), np.array(labels, dtype=np.int64), kept, digests, skipped)
+    return LoadedSet(np.stack(images), np.array(labels, dtype=np.int64), kept, digests, np.stack(thumbnails), skipped)
 
 
 def concat(a: LoadedSet, b: LoadedSet) -> LoadedSet:
     return LoadedSet(
         np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]),
-        a.samples + b.samples, a.digests + b.digests, a.skipped + b.skipped,
+        a.samples + b.samples, a.digests + b.digests, np.concatenate([a.thumbnails, b.thumbnails]),
+        a.skipped + b.skipped,
     )
 
 
