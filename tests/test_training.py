@@ -196,3 +196,22 @@ def test_ensemble_training_saves_one_model_that_serves_and_explains(samples_dir,
     assert not np.allclose(members[0].predict(batch, verbose=0), members[1].predict(batch, verbose=0))  # two seeds
     _, cam = grad_cam(predictor.model, batch[0])
     assert cam.shape == (32, 32) and 0 <= cam.min() and cam.max() <= 1
+
+
+def test_batch_norm_recalibration_matches_the_weights_statistics():
+    """After weight averaging the moving statistics are stale; recalibration makes inference agree with
+    batch statistics over the same images."""
+    import keras
+
+    from lungct.config import ModelConfig
+    from lungct.model import build_model
+
+    model = build_model(ModelConfig(width=16, stages=2, dropout=0.0), 16)
+    images = np.random.default_rng(0).random((40, 16, 16, 1), dtype=np.float32)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(layer.moving_mean + 5.0)
+    population = np.asarray(model(images, training=True))
+    assert not np.allclose(np.asarray(model(images, training=False)), population, atol=1e-2)
+    train.recalibrate_batch_norm(model, images, batch_size=40, passes=200)
+    np.testing.assert_allclose(np.asarray(model(images, training=False)), population, atol=1e-3)

@@ -128,7 +128,17 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
         validation_data=val_ds, epochs=tcfg.epochs, class_weight=class_weights(train.labels),
         callbacks=callbacks, verbose=1,
     )
+    if tcfg.ema:
+        recalibrate_batch_norm(model, train.images, tcfg.batch_size)
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int, passes: int = 3) -> None:
+    """Re-estimate batch-norm moving statistics for the model's current weights from forward passes in
+    training mode (averaged EMA weights do not match the statistics gathered along the way)."""
+    for _ in range(passes):
+        for start in range(0, len(images), batch_size):
+            model(images[start : start + batch_size], training=True)
 
 
 def predict_logits(model, images: np.ndarray) -> np.ndarray:
