@@ -40,7 +40,7 @@ class ModelConfig(_Frozen):
     blocks_per_stage: int = Field(1, ge=1, le=8)
     dropout: float = Field(0.2, ge=0, lt=1)
     stochastic_depth: float = Field(0.0, ge=0, lt=1, description="drop rate of the last residual branch (0: off)")
-    ensemble: int = Field(2, ge=1, le=8, description="members trained with consecutive seeds; their logits are averaged")
+    ensemble: int = Field(3, ge=1, le=8, description="members trained with consecutive seeds; their logits are averaged")
 
 
 class TrainConfig(_Frozen):

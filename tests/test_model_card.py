@@ -60,3 +60,11 @@ def test_shipped_card_cv_figures_come_from_the_committed_member_runs(shipped_tag
     card = (SHIPPED_DIR / "MODEL_CARD.md").read_text()
     assert f"accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_std']:.3f}" in card
     assert shipped_tag in card
+
+
+def test_card_names_the_models_intensity_normalisation():
+    from lungct.config import PreprocessConfig
+    from training.model_card import _intensity
+
+    assert _intensity(PreprocessConfig()) == "contrast stretch between the 0.5 and 99.5 percentiles"
+    assert _intensity(PreprocessConfig(intensity="equalize")) == "histogram equalisation over the body"

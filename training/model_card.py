@@ -27,6 +27,12 @@ def bootstrap(labels: np.ndarray, predicted: np.ndarray, resamples: int = 2000, 
     return {key: tuple(np.percentile([d[key] for d in draws], (2.5, 97.5))) for key in ("accuracy", "macro_f1")}
 
 
+def _intensity(config: PreprocessConfig) -> str:
+    if config.intensity == "equalize":
+        return "histogram equalisation over the body"
+    return f"contrast stretch between the {config.low_percentile} and {config.high_percentile} percentiles"
+
+
 def _recipe_key(preprocess: dict, model: dict, train: dict) -> tuple:
     """A recipe up to member count and seed; fields a run predates take their defaults."""
     return (PreprocessConfig(**preprocess), ModelConfig(**model).model_copy(update={"ensemble": 1}),
@@ -83,8 +89,7 @@ anything. Training-set fingerprint: `{info.data_fingerprint[:16]}…`.
 
 ## Preprocessing (stored in the model's metadata; serving re-reads it)
 Decode by content (PNG, JPEG, DICOM with a lung window), greyscale, crop to the body, resize keeping
-the aspect ratio onto a black {info.preprocess.size}x{info.preprocess.size} square, contrast stretch
-between the {info.preprocess.low_percentile} and {info.preprocess.high_percentile} percentiles.
+the aspect ratio onto a black {info.preprocess.size}x{info.preprocess.size} square, {_intensity(info.preprocess)}.
 
 ## Model and training
 {_architecture(info)} from scratch: {info.model.model_dump()}.
