@@ -37,13 +37,14 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 def cv_summary(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> dict:
     """Cross-validation summary from out-of-fold scores (logits or probabilities): k, mean and
-    standard deviation over folds of accuracy and macro-F1, and each fold's figures."""
+    standard deviation over folds of accuracy and macro-F1, and each fold's figures with its per-class recall."""
     reports = [classification_report(labels[folds == f], scores[folds == f].argmax(1)) for f in np.unique(folds)]
     acc = np.array([r["accuracy"] for r in reports])
     f1 = np.array([r["macro_f1"] for r in reports])
     return {"k": len(reports), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
             "macro_f1_mean": float(f1.mean()), "macro_f1_std": float(f1.std()),
-            "folds": [{"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for r in reports]}
+            "folds": [{"n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                       "recall": {name: row["recall"] for name, row in r["per_class"].items()}} for r in reports]}
 
 
 def format_report(report: dict) -> str:

@@ -42,6 +42,7 @@ def test_ensemble_card_takes_cv_from_its_members_runs(samples_dir, tmp_path):
     assert "Ensemble of 2 residual CNNs" in card
     assert re.search(r"2-fold grouped CV over train\+valid: accuracy \d\.\d{3} ± \d\.\d{3}.*training\.ensemble_cv", card)
     assert "--cv-only --ensemble 1 --seed 1338" in card
+    assert re.search(r"\| 2 \| \d+( \| \d\.\d{3}){4} \|", card)  # recall per fold and class
     with pytest.raises(SystemExit, match="seeds"):
         model_card.main([*args, "--cv-runs", str(runs[0])])
     assert train.main([*recipe, "--cv", "2", "--cv-only", "--ensemble", "1", "--seed", "1338", "--mixup", "0.2",
@@ -59,6 +60,8 @@ def test_shipped_card_cv_figures_come_from_the_committed_member_runs(shipped_tag
     cv = model_card.members_cv(info, runs)  # raises unless the runs are the shipped recipe and seeds
     card = (SHIPPED_DIR / "MODEL_CARD.md").read_text()
     assert f"accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_std']:.3f}" in card
+    for index, fold in enumerate(cv["folds"], 1):
+        assert f"| {index} | {fold['n']} | " + " | ".join(f"{r:.3f}" for r in fold["recall"].values()) + " |" in card
     assert shipped_tag in card
 
 

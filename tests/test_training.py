@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from lungct.labels import CLASSES
 from lungct.predictor import Predictor
 from lungct.preprocess import load_file
 from training import ensemble_cv, evaluate, train
@@ -98,6 +99,14 @@ def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path,
     assert cv["k"] == 2 and len(cv["folds"]) == 2
     assert sum(f["n"] for f in cv["folds"]) == 8
     assert cv["accuracy_std"] == pytest.approx(np.std([f["accuracy"] for f in cv["folds"]]))
+    oof = np.load(next(tmp_path.glob("*/oof.npz")))
+    for fold, summary in enumerate(cv["folds"]):
+        held = oof["folds"] == fold
+        hits = oof["logits"][held].argmax(1) == oof["labels"][held]
+        for index, name in enumerate(CLASSES):
+            of_class = oof["labels"][held] == index
+            if of_class.any():
+                assert summary["recall"][name] == pytest.approx(hits[of_class].mean())
 
 
 def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp_path, capsys):

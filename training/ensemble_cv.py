@@ -1,7 +1,8 @@
 """`python -m training.ensemble_cv RUN [RUN ...]`: score an ensemble from cross-validation runs' out-of-fold logits.
 
 Each RUN is a run folder of `training.train --cv K` (its oof.npz); the runs must share folds and data.
-Members' logits are averaged, as `--ensemble N` models do when served (lungct.model.average_ensemble). Prints per-run and ensemble accuracy and macro-F1 (mean ± std over folds).
+Members' logits are averaged, as `--ensemble N` models do when served (lungct.model.average_ensemble). Prints per-run and
+ensemble accuracy and macro-F1 (mean ± std over folds), then the ensemble's recall per fold and class.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lungct.labels import CLASSES
 from lungct.metrics import cv_summary
 
 
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, score in report.items():
         print(f"{name}: accuracy {score['accuracy_mean']:.4f} ± {score['accuracy_std']:.4f}, "
               f"macro-F1 {score['macro_f1_mean']:.4f} ± {score['macro_f1_std']:.4f}")
+    print("ensemble recall per fold (" + ", ".join(CLASSES) + "):")
+    for index, fold in enumerate(report["ensemble"]["folds"], 1):
+        print(f"  fold {index}: n {fold['n']}  " + "  ".join(f"{r:.3f}" for r in fold["recall"].values()))
     print(json.dumps(report))
     return 0
 

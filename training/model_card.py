@@ -67,6 +67,7 @@ def render(predictor: Predictor, data_dir: Path, cv_runs: list[Path] | None = No
     cv_text = (f"{cv['k']}-fold grouped CV over train+valid: accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_std']:.3f}, "
                f"macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f} (mean ± standard deviation over folds; "
                f"fold accuracies: {folds})" if cv else "not run for this model")
+    fold_recall = _fold_recall(cv) if cv else ""
     runs = " ".join(str(r) for r in cv_runs or [])
     if cv_runs:
         cv_text += (f"; the members' out-of-fold logits averaged, from one CV run per member seed "
@@ -109,6 +110,7 @@ macro-F1 **{report['macro_f1']:.3f}** (95% CI {ci['macro_f1'][0]:.3f}–{ci['mac
 Confusion matrix (rows true, columns predicted, order as above): `{report['confusion_matrix']}`.
 
 Cross-validation: {cv_text}.
+{fold_recall}
 
 Valid shares scans (and many near-duplicate slices) with train, and valid accuracy also chose each
 member's stopping epoch (early stopping restores the best epoch), so the valid figures are optimistic;
@@ -125,7 +127,8 @@ Expected calibration error on valid (10 bins): {valid.get('ece_before', float('n
 - Normal slices in this dataset are larger and more often RGB; preprocessing converts to greyscale
   and crops/resizes to the body, and a test checks that converting a tumour slice to RGB and scaling it
   to a normal slice's size does not change the prediction.
-- Many duplicates: the normal class holds few distinct slices.
+- Many duplicates: the normal class holds few distinct slices, so a normal slice unlike those seen in
+  training is easily called a tumour (the normal column of the per-fold recall above).
 - One 2-D slice at a time, no volume context; Grad-CAM (`/explain`) shows where the evidence lies but
   is not a localisation.
 
@@ -136,6 +139,16 @@ make train                      # trains this recipe and saves it into the Bento
 .venv/bin/python -m training.model_card --data {data}/valid --model {predictor.tag}{cv_flag}
 ```
 """
+
+
+def _fold_recall(cv: dict) -> str:
+    """A per-fold recall table from a CV summary; empty for summaries that predate per-class recall."""
+    if not all("recall" in fold for fold in cv["folds"]):
+        return ""
+    names = list(cv["folds"][0]["recall"])
+    rows = "\n".join(f"| {index} | {fold['n']} | " + " | ".join(f"{fold['recall'][name]:.3f}" for name in names) + " |"
+                     for index, fold in enumerate(cv["folds"], 1))
+    return (f"\nRecall per CV fold:\n\n| fold | n | {' | '.join(names)} |\n|---|---|{'---|' * len(names)}\n{rows}")
 
 
 def _architecture(info: ModelInfo) -> str:
