@@ -76,19 +76,19 @@ def _find(parent: list[int], i: int) -> int:
 def duplicate_groups(digests: list[str], thumbnails: np.ndarray, max_mean_diff: float = 0.03) -> np.ndarray:
     """Group ids such that exact duplicates (same digest) and near duplicates share a group.
 
-    ``thumbnails`` are small preprocessed images (N, h, w); two files are near duplicates when
-    their mean absolute difference is below ``max_mean_diff``. Preprocessing crops to the body,
-    so re-cropped and re-saved copies of a slice land close together.
+    ``thumbnails`` are small views of each file (N, views, h, w), such as its body-cropped and
+    lung-cropped slice; two files are near duplicates when the mean absolute difference of any one view
+    is below ``max_mean_diff``, so re-cropped, zoomed and re-saved copies of a slice land together.
     """
     n = len(digests)
     parent = list(range(n))
-    flat = thumbnails.reshape(n, -1).astype(np.float32)
+    views = thumbnails.reshape(n, thumbnails.shape[1], -1).astype(np.float32)
     first_by_digest: dict[str, int] = {}
     for i, digest in enumerate(digests):
         j = first_by_digest.setdefault(digest, i)
         parent[_find(parent, i)] = _find(parent, j)
     for i in range(n):
-        close = np.flatnonzero(np.abs(flat[i + 1 :] - flat[i]).mean(axis=1) < max_mean_diff) + i + 1
+        close = np.flatnonzero((np.abs(views[i + 1 :] - views[i]).mean(axis=2) < max_mean_diff).any(axis=1)) + i + 1
         for j in close:
             parent[_find(parent, int(j))] = _find(parent, i)
     roots = [_find(parent, i) for i in range(n)]

@@ -6,22 +6,53 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
 
 from lungct.config import PreprocessConfig
 from lungct.dataset import Sample, duplicate_groups, file_digest
 from lungct.decode import DecodeError, decode_image
 from lungct.labels import CLASSES
-from lungct.preprocess import preprocess, resize
+from lungct.preprocess import foreground_box, preprocess, resize, stretch_contrast
 
 log = logging.getLogger("lungct.training")
 
 
 GROUPING = PreprocessConfig()  # near duplicates are found on the default framing, whatever a run's preprocessing
+THUMBNAIL = 16
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+    """The intensity in [0, 1] that best separates the two modes of a histogram (Otsu's method)."""
+    counts, _ = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    share = np.cumsum(counts) / counts.sum()
+    mean = np.cumsum(counts * np.arange(bins)) / counts.sum()
+    between = (mean[-1] * share - mean) ** 2 / (share * (1 - share) + 1e-12)
+    return (int(np.argmax(between)) + 0.5) / bins
+
+
+def enclosed(mask: np.ndarray) -> np.ndarray:
+    """The part of a boolean mask not connected to the image border (for air: the lungs, not the room)."""
+    padded = Image.fromarray(np.pad(mask, 1, constant_values=True).astype(np.uint8) * 255).copy()
+    ImageDraw.floodfill(padded, (0, 0), 128)
+    return np.asarray(padded)[1:-1, 1:-1] == 255
+
+
+def lung_view(image: np.ndarray, work: int = 128) -> np.ndarray:
+    """The lungs' bounding box stretched onto a THUMBNAIL square: the same for copies of a slice that were
+    cropped, zoomed or framed differently, which the body framing tells apart."""
+    scale = work / max(image.shape)
+    small = stretch_contrast(resize(image, max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                             GROUPING.low_percentile, GROUPING.high_percentile)
+    smooth = np.asarray(Image.fromarray(np.uint8(small * 255)).filter(ImageFilter.GaussianBlur(work / 64)), np.float32) / 255
+    top, bottom, left, right = foreground_box(enclosed(smooth < otsu_threshold(smooth)).astype(np.float32), 0.5)
+    return stretch_contrast(resize(small[top:bottom, left:right], THUMBNAIL, THUMBNAIL),
+                            GROUPING.low_percentile, GROUPING.high_percentile)
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
-    """16 x 16 summary of a decoded slice for near-duplicate search (same for every run, so folds are too)."""
-    return resize(preprocess(image, GROUPING)[..., 0], 16, 16)
+    """Two THUMBNAIL-square views of a decoded slice for near-duplicate search, the same for every run so
+    folds are too: the model's default framing, and the lungs' box (lung_view)."""
+    return np.stack([resize(preprocess(image, GROUPING)[..., 0], THUMBNAIL, THUMBNAIL), lung_view(image)])
 
 
 @dataclass
