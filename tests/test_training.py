@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lungct.labels import CLASSES
+from lungct.metrics import cv_summary
 from lungct.predictor import Predictor
 from lungct.preprocess import load_file
 from training import ensemble_cv, evaluate, train
@@ -126,6 +127,11 @@ def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp
     assert set(report) == {str(runs[0]), str(runs[1]), "ensemble"}
     assert 0 <= report["ensemble"]["accuracy_mean"] <= 1
     np.testing.assert_array_equal(np.load(runs[0] / "oof.npz")["folds"], np.load(runs[1] / "oof.npz")["folds"])
+    oof = np.load(runs[0] / "oof.npz")
+    assert oof["mirrored_logits"].shape == oof["logits"].shape
+    assert not np.allclose(oof["mirrored_logits"], oof["logits"])  # the mirrored slices were predicted, not copied
+    mirrored = ensemble_cv.ensemble_report(runs, mirror=True)[str(runs[0])]
+    assert mirrored == cv_summary((oof["logits"] + oof["mirrored_logits"]) / 2, oof["labels"], oof["folds"])
 
 
 def test_ensemble_refuses_runs_on_other_folds(tmp_path):
@@ -137,6 +143,8 @@ def test_ensemble_refuses_runs_on_other_folds(tmp_path):
         runs.append(tmp_path / name)
     with pytest.raises(SystemExit, match="other folds"):
         ensemble_cv.ensemble_report(runs)
+    with pytest.raises(SystemExit, match="no mirrored logits"):
+        ensemble_cv.ensemble_report(runs[:1], mirror=True)
     with pytest.raises(SystemExit, match="oof.npz not found"):
         ensemble_cv.ensemble_report([tmp_path])
 

@@ -3,6 +3,7 @@
 Each RUN is a run folder of `training.train --cv K` (its oof.npz); the runs must share folds and data.
 Members' logits are averaged, as `--ensemble N` models do when served (lungct.model.average_ensemble). Prints per-run and
 ensemble accuracy and macro-F1 (mean ± std over folds), then the ensemble's recall per fold and class.
+`--mirror` scores test-time augmentation: each slice's logits averaged with its horizontal mirror's.
 """
 
 from __future__ import annotations
@@ -33,14 +34,23 @@ def run_recipe(run: Path) -> dict:
     return json.loads(path.read_text())["cv"]["recipe"]
 
 
-def ensemble_report(runs: list[Path]) -> dict:
+def member_logits(member: dict[str, np.ndarray], run: Path, mirror: bool) -> np.ndarray:
+    """A run's out-of-fold logits; with mirror, averaged with those of the horizontally mirrored slices."""
+    if not mirror:
+        return member["logits"]
+    if "mirrored_logits" not in member:
+        raise SystemExit(f"error: {run} has no mirrored logits: it predates them; run its CV again")
+    return (member["logits"] + member["mirrored_logits"]) / 2
+
+
+def ensemble_report(runs: list[Path], mirror: bool = False) -> dict:
     members = [load_oof(run) for run in runs]
     first = members[0]
     for run, member in zip(runs, members):
         if not (np.array_equal(member["folds"], first["folds"]) and np.array_equal(member["digests"], first["digests"])):
             raise SystemExit(f"error: {run} was cross-validated on other folds or data than {runs[0]}")
     labels, folds = first["labels"], first["folds"]
-    logits = [member["logits"] for member in members]
+    logits = [member_logits(member, run, mirror) for run, member in zip(runs, members)]
     report = {str(run): cv_summary(l, labels, folds) for run, l in zip(runs, logits)}
     report["ensemble"] = cv_summary(np.mean(logits, axis=0), labels, folds)
     return report
@@ -49,8 +59,10 @@ def ensemble_report(runs: list[Path]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("runs", type=Path, nargs="+", help="run folders with oof.npz")
+    p.add_argument("--mirror", action="store_true",
+                   help="test-time augmentation: average each slice's logits with its horizontal mirror's")
     args = p.parse_args(argv)
-    report = ensemble_report(args.runs)
+    report = ensemble_report(args.runs, args.mirror)
     for name, score in report.items():
         print(f"{name}: accuracy {score['accuracy_mean']:.4f} ± {score['accuracy_std']:.4f}, "
               f"macro-F1 {score['macro_f1_mean']:.4f} ± {score['macro_f1_std']:.4f}")

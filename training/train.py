@@ -149,20 +149,24 @@ def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg, run_dir: Path) -> 
     """Grouped K-fold CV: duplicates and near duplicates always stay in one fold; fixed epochs, no early stopping.
 
     The folds have their own seed, so runs with other training seeds are scored on the same folds;
-    out-of-fold logits go to run_dir/oof.npz for ensemble studies (training.ensemble_cv)."""
+    out-of-fold logits, and those of the mirrored slices, go to run_dir/oof.npz for ensemble and
+    test-time augmentation studies (training.ensemble_cv)."""
     folds = grouped_folds(data.groups(), data.labels, k, tcfg.fold_seed)
     oof = np.zeros((len(data.labels), len(CLASSES)), dtype=np.float32)
+    mirrored = np.zeros_like(oof)
     for fold in range(k):
         held = np.flatnonzero(folds == fold)
         model, _ = fit(data.subset(np.flatnonzero(folds != fold)), None, pcfg, mcfg, tcfg)
         oof[held] = predict_logits(model, data.images[held])
+        mirrored[held] = predict_logits(model, data.images[held][:, :, ::-1])
         report = classification_report(data.labels[held], oof[held].argmax(1))
         print(f"fold {fold + 1}/{k}: n {report['n']} accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f}", flush=True)
     summary = cv_summary(oof, data.labels, folds)
     print(f"{k}-fold grouped CV: accuracy {summary['accuracy_mean']:.4f} ± {summary['accuracy_std']:.4f}, "
           f"macro-F1 {summary['macro_f1_mean']:.4f} ± {summary['macro_f1_std']:.4f}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(run_dir / "oof.npz", logits=oof, labels=data.labels, folds=folds, digests=np.array(data.digests))
+    np.savez_compressed(run_dir / "oof.npz", logits=oof, mirrored_logits=mirrored, labels=data.labels, folds=folds,
+                        digests=np.array(data.digests))
     return summary
 
 
