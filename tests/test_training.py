@@ -10,7 +10,7 @@ from lungct.labels import CLASSES
 from lungct.metrics import cv_summary
 from lungct.predictor import Predictor
 from lungct.preprocess import load_file
-from training import ensemble_cv, evaluate, train
+from training import ensemble_cv, evaluate, fold_leak, train
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,23 @@ def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp
     assert not np.allclose(oof["mirrored_logits"], oof["logits"])  # the mirrored slices were predicted, not copied
     mirrored = ensemble_cv.ensemble_report(runs, mirror=True)[str(runs[0])]
     assert mirrored == cv_summary((oof["logits"] + oof["mirrored_logits"]) / 2, oof["labels"], oof["folds"])
+    assert fold_leak.main([*map(str, runs), "--data", str(samples_dir)]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["all"]["n"] == len(oof["labels"]) and report["all"]["leaked"] == 0  # today's folds keep groups whole
+    fewer = tmp_path / "fewer"
+    shutil.copytree(samples_dir, fewer)
+    next(fewer.glob("normal/*")).unlink()
+    with pytest.raises(SystemExit, match="not the data"):
+        fold_leak.main([str(runs[0]), "--data", str(fewer)])
+
+
+def test_fold_leak_finds_groups_split_across_folds():
+    groups, folds = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(fold_leak.leaked(groups, folds), [True, True, False, False, False])
+    labels, predicted = np.array([2, 2, 0, 0, 0]), np.array([2, 0, 0, 1, 0])
+    report = fold_leak.leak_report(groups, folds, labels, predicted)
+    assert report["all"] == {"n": 5, "leaked": 2, "accuracy_leaked": 0.5, "accuracy_rest": 2 / 3}
+    assert report["normal"]["accuracy_rest"] is None and report["adenocarcinoma"]["leaked"] == 0
 
 
 def test_ensemble_refuses_runs_on_other_folds(tmp_path):

@@ -43,14 +43,20 @@ def member_logits(member: dict[str, np.ndarray], run: Path, mirror: bool) -> np.
     return (member["logits"] + member["mirrored_logits"]) / 2
 
 
-def ensemble_report(runs: list[Path], mirror: bool = False) -> dict:
+def load_members(runs: list[Path], mirror: bool = False) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Each run's out-of-fold logits, and the labels, folds and digests they share (checked)."""
     members = [load_oof(run) for run in runs]
     first = members[0]
     for run, member in zip(runs, members):
         if not (np.array_equal(member["folds"], first["folds"]) and np.array_equal(member["digests"], first["digests"])):
             raise SystemExit(f"error: {run} was cross-validated on other folds or data than {runs[0]}")
-    labels, folds = first["labels"], first["folds"]
-    logits = [member_logits(member, run, mirror) for run, member in zip(runs, members)]
+    shared = {key: first[key] for key in ("labels", "folds", "digests")}
+    return [member_logits(member, run, mirror) for run, member in zip(runs, members)], shared
+
+
+def ensemble_report(runs: list[Path], mirror: bool = False) -> dict:
+    logits, shared = load_members(runs, mirror)
+    labels, folds = shared["labels"], shared["folds"]
     report = {str(run): cv_summary(l, labels, folds) for run, l in zip(runs, logits)}
     report["ensemble"] = cv_summary(np.mean(logits, axis=0), labels, folds)
     return report

@@ -1,0 +1,69 @@
+"""`python -m training.fold_leak RUN [RUN ...] --data DATA`: how far a CV run's folds leak under today's grouping.
+
+A slice whose near-duplicate group (lungct.dataset.duplicate_groups, as training computes it now) spans
+several of a run's folds had a copy in training when it was scored. For runs cross-validated before the
+grouping changed, this prints the accuracy of the runs' averaged out-of-fold logits on those slices and
+on the others, per class: how optimistic the old folds were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lungct.config import PreprocessConfig
+from lungct.dataset import DatasetError
+from lungct.labels import CLASSES
+from training.data import concat
+from training.ensemble_cv import load_members, run_recipe
+from training.train import load_splits
+
+
+def leaked(groups: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """True for each slice whose group has members in more than one fold."""
+    folds_of = {g: set(folds[groups == g]) for g in np.unique(groups)}
+    return np.array([len(folds_of[g]) > 1 for g in groups])
+
+
+def _accuracy(hits: np.ndarray) -> float | None:
+    return float(hits.mean()) if hits.size else None
+
+
+def _text(accuracy: float | None) -> str:
+    return "-" if accuracy is None else f"{accuracy:.3f}"
+
+
+def leak_report(groups: np.ndarray, folds: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> dict:
+    leak, hits = leaked(groups, folds), predicted == labels
+    rows = {"all": np.ones_like(leak)} | {name: labels == i for i, name in enumerate(CLASSES)}
+    return {name: {"n": int(rows[name].sum()), "leaked": int((leak & rows[name]).sum()),
+                   "accuracy_leaked": _accuracy(hits[leak & rows[name]]), "accuracy_rest": _accuracy(hits[~leak & rows[name]])}
+            for name in rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", type=Path, nargs="+", help="CV run folders with oof.npz (averaged when several)")
+    p.add_argument("--data", type=Path, required=True, help="the data the runs were cross-validated on")
+    args = p.parse_args(argv)
+    logits, shared = load_members(args.runs)
+    try:
+        train, valid = load_splits(args.data, PreprocessConfig(size=32), run_recipe(args.runs[0])["train"]["fold_seed"])
+    except (DatasetError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    data = concat(train, valid)
+    if data.digests != list(shared["digests"]):
+        raise SystemExit(f"error: {args.data} is not the data the runs were cross-validated on")
+    report = leak_report(data.groups(), shared["folds"], shared["labels"], np.mean(logits, axis=0).argmax(1))
+    for name, row in report.items():
+        print(f"{name:<26} n {row['n']:>4}  with a copy in another fold {row['leaked']:>4}  "
+              f"accuracy on those {_text(row['accuracy_leaked'])}  on the rest {_text(row['accuracy_rest'])}")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
