@@ -26,7 +26,8 @@ def test_built_bento_serves(tmp_path, sample_files, shipped_tag):
     assert not (bento_dir / "src" / "tests").exists()
 
     with Server(target="lungct:latest", env={"BENTOML_HOME": env["BENTOML_HOME"]}, cwd=tmp_path) as server:
-        response = httpx.post(f"{server.url}/predict", files={"image": ("x.png", sample_files[0].read_bytes())})
+        response = httpx.post(f"{server.url}/predict", files={"image": ("x.png", sample_files[0].read_bytes())},
+                              timeout=60)  # a first prediction can take over 5 s on a loaded machine
         assert response.status_code == 200, response.text
         assert response.json()["model"] == shipped_tag
         spec = httpx.get(f"{server.url}/docs.json").json()

@@ -168,7 +168,7 @@ def test_bad_input_gets_a_json_4xx(server, bad_inputs, case, sample_files):
                                                 (b"", "text/plain"), (b"--x\r\n\r\n", "multipart/form-data"),
                                                 (b"--b\r\nno headers\r\n--b--\r\n", "multipart/form-data; boundary=b")])
 def test_non_multipart_and_malformed_bodies_are_refused(server, body, content_type):
-    response = httpx.post(f"{server.url}/predict", content=body, headers={"content-type": content_type})
+    response = httpx.post(f"{server.url}/predict", content=body, headers={"content-type": content_type}, timeout=60)
     assert response.status_code == 400
     assert "multipart" in response.json()["error"]
 
