@@ -29,6 +29,14 @@ def test_enclosed_keeps_air_inside_the_body_only():
     assert 0.1 < otsu_threshold(values) < 0.8
 
 
+def test_lung_view_of_blank_and_tiny_slices():
+    from training.data import lung_view, thumbnail
+
+    for image in (np.zeros((5, 7), np.float32), np.ones((300, 200), np.float32), np.eye(3, dtype=np.float32)):
+        assert lung_view(image).shape == (16, 16)
+        assert thumbnail(image).shape == (2, 16, 16)
+
+
 def test_folds_never_split_a_group():
     rng = np.random.default_rng(1)
     groups = rng.integers(0, 40, 300)
