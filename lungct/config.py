@@ -57,6 +57,8 @@ class TrainConfig(_Frozen):
     fold_seed: int = Field(1337, description="seed of data splits (grouped CV folds, hold-out), apart from the training seed")
     augment: bool = True
     augment_strength: float = Field(1.0, gt=0, description="scales rotation, zoom, shift and contrast ranges")
+    blur: float = Field(0.0, ge=0, le=4, description="largest Gaussian blur sigma in input pixels, drawn per slice (0: off)")
+    gamma: float = Field(0.0, ge=0, le=1, description="gamma curve x ** exp(U(-g, g)) per slice (0: off)")
     mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) concentration; 0 turns mixup off")
     cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a) concentration; 0 turns cutmix off")
     ema: float = Field(0.0, ge=0, lt=1, description="momentum of an exponential moving average of the weights per step "

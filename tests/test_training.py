@@ -112,7 +112,8 @@ def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path,
 
 def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp_path, capsys):
     runs = []
-    study = ["--mixup", "0.2", "--augment-strength", "1.5", "--cutmix", "1.0", "--ema", "0.9", "--no-augment"]
+    study = ["--mixup", "0.2", "--augment-strength", "1.5", "--cutmix", "1.0", "--ema", "0.9", "--blur", "1.5",
+             "--gamma", "0.3", "--no-augment"]
     for seed, extra in ((1, []), (2, study)):
         out_dir = tmp_path / f"seed{seed}"
         assert train.main(["--data", str(samples_dir), "--cv", "2", "--cv-only", "--epochs", "1", "--width", "16",
@@ -121,8 +122,8 @@ def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp
         assert "cross-validation only" in capsys.readouterr().out
         assert not (runs[-1] / "curves.png").exists()  # no final fit
     recipe = json.loads((runs[1] / "metrics.json").read_text())["cv"]["recipe"]["train"]
-    assert (recipe["mixup"], recipe["augment_strength"], recipe["cutmix"], recipe["ema"], recipe["augment"]) == (
-        0.2, 1.5, 1.0, 0.9, False)
+    assert (recipe["mixup"], recipe["augment_strength"], recipe["cutmix"], recipe["ema"], recipe["blur"],
+            recipe["gamma"], recipe["augment"]) == (0.2, 1.5, 1.0, 0.9, 1.5, 0.3, False)
     report = ensemble_cv.ensemble_report(runs)
     assert set(report) == {str(runs[0]), str(runs[1]), "ensemble"}
     assert 0 <= report["ensemble"]["accuracy_mean"] <= 1
@@ -249,3 +250,26 @@ def test_batch_norm_recalibration_matches_the_weights_statistics():
     assert not np.allclose(np.asarray(model(images, training=False)), population, atol=1e-2)
     train.recalibrate_batch_norm(model, images, batch_size=40, passes=200)
     np.testing.assert_allclose(np.asarray(model(images, training=False)), population, atol=1e-3)
+
+
+def test_appearance_blurs_each_slice_by_its_own_amount_and_keeps_intensity_order():
+    import tensorflow as tf
+
+    from training.data import appearance
+
+    tf.random.set_seed(5)
+    edge = np.zeros((16, 32, 32, 1), np.float32)
+    edge[:, :, 16:] = 0.8
+    blurred = appearance(tf.constant(edge), 2.0, 0.0).numpy()
+    assert blurred.shape == edge.shape
+    profile = blurred[:, 16, 8:24, 0]
+    assert np.all(np.diff(profile, axis=1) >= -1e-6), "an edge stays monotonic"
+    np.testing.assert_allclose(profile.sum(1), edge[:, 16, 8:24, 0].sum(1), atol=1e-4)  # blur keeps mass
+    widths = ((profile > 0.01) & (profile < 0.79)).sum(1)
+    assert widths.min() < widths.max(), "slices of one batch are blurred by different amounts"
+    ramp = np.linspace(0, 1, 32, dtype=np.float32)[None, None, :, None] * np.ones((16, 32, 1, 1), np.float32)
+    curved = appearance(tf.constant(ramp), 0.0, 0.5).numpy()
+    assert np.all(np.diff(curved[:, 0, :, 0], axis=1) >= 0), "a gamma curve keeps the order of intensities"
+    np.testing.assert_allclose(curved[:, :, [0, -1]], ramp[:, :, [0, -1]], atol=1e-6)  # black and white stay
+    exponents = np.log(curved[:, 0, 16, 0]) / np.log(ramp[0, 0, 16, 0])
+    assert np.exp(-0.5) - 1e-4 <= exponents.min() < exponents.max() <= np.exp(0.5) + 1e-4

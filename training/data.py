@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from lungct.config import PreprocessConfig
+from lungct.config import PreprocessConfig, TrainConfig
 from lungct.dataset import Sample, duplicate_groups, file_digest
 from lungct.decode import DecodeError, decode_image
 from lungct.labels import CLASSES
@@ -186,22 +186,49 @@ def cutmix(images, labels, alpha: float):
     return mixed, _blend_labels(labels, partner, 1 - tf.reduce_mean(box, axis=[1, 2, 3]))
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: bool, shuffle: bool,
-                 mixup_alpha: float = 0.0, augment_strength: float = 1.0, cutmix_alpha: float = 0.0):
-    """A tf.data pipeline of (image, one-hot label) batches; augmentation, then mixup and cutmix, on training batches."""
+def appearance(images, blur: float, gamma: float):
+    """Per slice, a Gaussian blur of sigma ~ U(0, blur) pixels and a gamma curve x ** exp(U(-gamma, gamma)):
+    how sharp a slice's source was and how it was windowed stop being cues for its class."""
+    import math
+
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    if gamma > 0:
+        exponent = tf.exp(tf.random.uniform([n], -gamma, gamma))
+        images = tf.pow(tf.maximum(images, 0.0), exponent[:, None, None, None])
+    if blur > 0:
+        radius = math.ceil(3 * blur)
+        offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+        sigma = tf.random.uniform([n, 1], 0.0, blur) + 1e-3
+        kernel = tf.exp(-0.5 * tf.square(offsets[None, :] / sigma))
+        kernel = tf.transpose(kernel / tf.reduce_sum(kernel, axis=1, keepdims=True))  # (taps, n)
+        # the batch becomes the channels of one image so that each slice gets its own kernel
+        stacked = tf.transpose(images, [3, 1, 2, 0])
+        stacked = tf.nn.depthwise_conv2d(stacked, kernel[:, None, :, None], [1, 1, 1, 1], "SAME")
+        stacked = tf.nn.depthwise_conv2d(stacked, kernel[None, :, :, None], [1, 1, 1, 1], "SAME")
+        images = tf.transpose(stacked, [3, 1, 2, 0])
+    return images
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, recipe: TrainConfig | None = None):
+    """A tf.data pipeline of (image, one-hot label) batches. Without a recipe, the slices in order; with one,
+    shuffled training batches with the recipe's augmentation, appearance changes, then mixup and cutmix."""
     import tensorflow as tf
 
     one_hot = np.eye(len(CLASSES), dtype=np.float32)[labels]
     ds = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), one_hot))
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if augment:
-        aug = augmenter(seed, augment_strength)
+    if recipe is None:
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.shuffle(len(images), seed=recipe.seed, reshuffle_each_iteration=True).batch(batch_size)
+    if recipe.augment:
+        aug = augmenter(recipe.seed, recipe.augment_strength)
         ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    if mixup_alpha > 0:
-        ds = ds.map(lambda x, y: mixup(x, y, mixup_alpha), num_parallel_calls=tf.data.AUTOTUNE)
-    if cutmix_alpha > 0:
-        ds = ds.map(lambda x, y: cutmix(x, y, cutmix_alpha), num_parallel_calls=tf.data.AUTOTUNE)
+    if recipe.blur > 0 or recipe.gamma > 0:
+        ds = ds.map(lambda x, y: (appearance(x, recipe.blur, recipe.gamma), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if recipe.mixup > 0:
+        ds = ds.map(lambda x, y: mixup(x, y, recipe.mixup), num_parallel_calls=tf.data.AUTOTUNE)
+    if recipe.cutmix > 0:
+        ds = ds.map(lambda x, y: cutmix(x, y, recipe.cutmix), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -117,14 +117,13 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
     callbacks = [EpochSummary(tcfg.epochs)]
     val_ds = None
     if valid is not None:
-        val_ds = make_dataset(valid.images, valid.labels, 64, tcfg.seed, augment=False, shuffle=False)
+        val_ds = make_dataset(valid.images, valid.labels, 64)
     if valid is not None and not tcfg.ema:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=tcfg.patience, restore_best_weights=True,
             start_from_epoch=tcfg.epochs // 2))
     history = model.fit(
-        make_dataset(train.images, train.labels, tcfg.batch_size, tcfg.seed, tcfg.augment, shuffle=True,
-                     mixup_alpha=tcfg.mixup, augment_strength=tcfg.augment_strength, cutmix_alpha=tcfg.cutmix),
+        make_dataset(train.images, train.labels, tcfg.batch_size, tcfg),
         validation_data=val_ds, epochs=tcfg.epochs, class_weight=class_weights(train.labels),
         callbacks=callbacks, verbose=1,
     )
