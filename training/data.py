@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -189,8 +190,6 @@ def cutmix(images, labels, alpha: float):
 def appearance(images, blur: float, gamma: float):
     """Per slice, a Gaussian blur of sigma ~ U(0, blur) pixels and a gamma curve x ** exp(U(-gamma, gamma)):
     how sharp a slice's source was and how it was windowed stop being cues for its class."""
-    import math
-
     import tensorflow as tf
 
     n = tf.shape(images)[0]
