@@ -273,3 +273,39 @@ def test_appearance_blurs_each_slice_by_its_own_amount_and_keeps_intensity_order
     np.testing.assert_allclose(curved[:, :, [0, -1]], ramp[:, :, [0, -1]], atol=1e-6)  # black and white stay
     exponents = np.log(curved[:, 0, 16, 0]) / np.log(ramp[0, 0, 16, 0])
     assert np.exp(-0.5) - 1e-4 <= exponents.min() < exponents.max() <= np.exp(0.5) + 1e-4
+
+
+def test_stopped_cross_validation_resumes_at_its_first_unfinished_fold(samples_dir, tmp_path, monkeypatch, capsys):
+    command = ["--data", str(samples_dir), "--cv", "2", "--cv-only", "--epochs", "1", "--width", "16", "--stages", "1",
+               "--size", "32", "--runs", str(tmp_path)]
+    real_fit, calls = train.fit, []
+
+    def fit_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is stopped while training its second fold
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(command)
+    run = next(tmp_path.iterdir())
+    stopped = dict(np.load(run / "oof.npz"))
+    assert stopped["done"].tolist() == [True, False] and not (run / "metrics.json").exists()
+    with pytest.raises(SystemExit, match="unfinished folds"):
+        ensemble_cv.ensemble_report([run])
+    with pytest.raises(SystemExit, match="another recipe"):
+        train.main([*command, "--resume", str(run), "--epochs", "2"])
+    capsys.readouterr()
+    assert train.main([*command, "--resume", str(run)]) == 0
+    assert len(calls) == 3  # only the second fold was trained again
+    assert "fold 1/2: done in an earlier run" in capsys.readouterr().out
+    resumed = np.load(run / "oof.npz")
+    first = stopped["folds"] == 0
+    np.testing.assert_array_equal(resumed["logits"][first], stopped["logits"][first])
+    assert resumed["done"].all() and np.abs(resumed["logits"][~first]).sum() > 0
+    metrics = json.loads((run / "metrics.json").read_text())["cv"]
+    assert metrics["k"] == 2 and metrics["recipe"]["train"]["epochs"] == 1
+    assert ensemble_cv.ensemble_report([run])[str(run)] == {k: v for k, v in metrics.items() if k not in ("seconds", "recipe")}
+    with pytest.raises(SystemExit, match="needs --cv"):
+        train.main(["--data", str(samples_dir), "--resume", str(tmp_path / "nothing")])

@@ -23,7 +23,10 @@ def load_oof(run: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise SystemExit(f"error: {path} not found: run `python -m training.train --cv K` first")
     with np.load(path) as data:
-        return {key: data[key] for key in data.files}
+        oof = {key: data[key] for key in data.files}
+    if "done" in oof and not oof["done"].all():
+        raise SystemExit(f"error: {run} has unfinished folds: finish it with `python -m training.train ... --resume {run}`")
+    return oof
 
 
 def run_recipe(run: Path) -> dict:

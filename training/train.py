@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cv", type=int, default=0, metavar="K", help="grouped K-fold cross-validation over train+valid first")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders (curves, confusion matrix, metrics.json) go")
     p.add_argument("--cv-only", action="store_true", help="stop after cross-validation (a study run)")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue the stopped CV run in folder RUN (same flags)")
     p.add_argument("--no-save", action="store_true", help="do not save into the BentoML model store")
     for cls in (PreprocessConfig, ModelConfig, TrainConfig):
         for name, field in cls.model_fields.items():
@@ -149,24 +150,50 @@ def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg, run_dir: Path) -> 
 
     The folds have their own seed, so runs with other training seeds are scored on the same folds;
     out-of-fold logits, and those of the mirrored slices, go to run_dir/oof.npz for ensemble and
-    test-time augmentation studies (training.ensemble_cv)."""
+    test-time augmentation studies (training.ensemble_cv). oof.npz is written after every fold, so a
+    stopped run resumes (`--resume RUN`) at its first unfinished fold."""
     folds = grouped_folds(data.groups(), data.labels, k, tcfg.fold_seed)
-    oof = np.zeros((len(data.labels), len(CLASSES)), dtype=np.float32)
-    mirrored = np.zeros_like(oof)
+    recipe = {"preprocess": pcfg.model_dump(), "model": mcfg.model_dump(), "train": tcfg.model_dump()}
+    state = resume_state(run_dir, recipe, folds, data)
     for fold in range(k):
+        if state["done"][fold]:
+            print(f"fold {fold + 1}/{k}: done in an earlier run of {run_dir}", flush=True)
+            continue
+        started = time.perf_counter()
         held = np.flatnonzero(folds == fold)
         model, _ = fit(data.subset(np.flatnonzero(folds != fold)), None, pcfg, mcfg, tcfg)
-        oof[held] = predict_logits(model, data.images[held])
-        mirrored[held] = predict_logits(model, data.images[held][:, :, ::-1])
-        report = classification_report(data.labels[held], oof[held].argmax(1))
+        state["logits"][held] = predict_logits(model, data.images[held])
+        state["mirrored_logits"][held] = predict_logits(model, data.images[held][:, :, ::-1])
+        state["done"][fold] = True
+        state["seconds"] += time.perf_counter() - started
+        run_dir.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(run_dir / "oof.npz", **state)
+        report = classification_report(data.labels[held], state["logits"][held].argmax(1))
         print(f"fold {fold + 1}/{k}: n {report['n']} accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f}", flush=True)
-    summary = cv_summary(oof, data.labels, folds)
+    summary = cv_summary(state["logits"], data.labels, folds)
     print(f"{k}-fold grouped CV: accuracy {summary['accuracy_mean']:.4f} ± {summary['accuracy_std']:.4f}, "
           f"macro-F1 {summary['macro_f1_mean']:.4f} ± {summary['macro_f1_std']:.4f}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(run_dir / "oof.npz", logits=oof, mirrored_logits=mirrored, labels=data.labels, folds=folds,
-                        digests=np.array(data.digests))
-    return summary
+    return {**summary, "seconds": round(float(state["seconds"]), 1), "recipe": recipe}
+
+
+def resume_state(run_dir: Path, recipe: dict, folds: np.ndarray, data: LoadedSet) -> dict[str, np.ndarray]:
+    """The CV state in run_dir/oof.npz when it was written by this recipe on these folds and data, else a fresh one."""
+    fresh = {"logits": np.zeros((len(data.labels), len(CLASSES)), dtype=np.float32), "labels": data.labels,
+             "folds": folds, "digests": np.array(data.digests), "done": np.zeros(folds.max() + 1, dtype=bool),
+             "seconds": np.float64(0.0), "recipe": np.array(json.dumps(recipe, sort_keys=True))}
+    fresh["mirrored_logits"] = np.zeros_like(fresh["logits"])
+    path = run_dir / "oof.npz"
+    if not path.is_file():
+        return fresh
+    with np.load(path) as saved:
+        state = {key: saved[key] for key in saved.files}
+    if "done" not in state:
+        raise SystemExit(f"error: {path} is from a finished run of an older version, which cannot resume")
+    if str(state["recipe"]) != str(fresh["recipe"]):
+        raise SystemExit(f"error: {path} was written by another recipe: give the flags of the run you resume")
+    if not (np.array_equal(state["folds"], folds) and np.array_equal(state["digests"], fresh["digests"])):
+        raise SystemExit(f"error: {path} was cross-validated on other folds or data")
+    return state
 
 
 def write_run(run_dir: Path, histories: list[dict], metrics: dict, logits: np.ndarray, labels: np.ndarray,
@@ -184,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
     pcfg, mcfg, tcfg = configs_from(args)
+    if args.resume and not (args.cv and (args.resume / "oof.npz").is_file()):
+        raise SystemExit(f"error: --resume needs --cv and a CV run folder with oof.npz; {args.resume} has none")
+    run_dir = args.resume or args.runs / stamp()
     started = time.perf_counter()
     try:
         train, valid = load_splits(args.data, pcfg, tcfg.fold_seed)
@@ -191,11 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {exc}") from exc
     skipped = train.skipped + valid.skipped
     metrics: dict = {}
-    run_dir = args.runs / stamp()
     if args.cv:
         metrics["cv"] = cross_validate(concat(train, valid), args.cv, pcfg, mcfg, tcfg, run_dir)
-        metrics["cv"]["seconds"] = round(time.perf_counter() - started, 1)
-        metrics["cv"]["recipe"] = {"preprocess": pcfg.model_dump(), "model": mcfg.model_dump(), "train": tcfg.model_dump()}
         if args.cv_only:
             (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             print(f"summary: cross-validation only, run {run_dir}")
