@@ -17,7 +17,7 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
-def test_python_client_examples_run(server):
+def test_python_client_examples_run(server, sample_files):
     examples = [b for b in blocks("python") if DEFAULT_URL in b]
     assert len(examples) >= 2
     for code in examples:
@@ -25,6 +25,8 @@ def test_python_client_examples_run(server):
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip()
+        if "asyncio.gather" in code:  # one answer per sample, however the concurrent calls interleave
+            assert len(result.stdout.splitlines()) == len(sample_files)
 
 
 def test_curl_examples_run(server):
