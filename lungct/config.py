@@ -46,7 +46,7 @@ class ModelConfig(_Frozen):
 class TrainConfig(_Frozen):
     """Optimisation recipe."""
 
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(200, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
