@@ -72,6 +72,9 @@ def test_soak_machinery(shipped_tag, sample_files):
     assert result["errors"] == 0 and result["statuses"] == {"200": 40}
     assert [c["requests_done"] for c in result["chunks"]] == [20, 40]
     assert set(result["rss_drift"]) >= {"front", "model"}
+    warm = result["warmup"]
+    assert warm["errors"] == 0 and warm["requests"] == 8 * warm["rounds"]
+    assert warm["rounds"] == 5 or not warm["workers_not_served"]  # repeated only while a worker had served none
     assert "Soak" in soak.markdown({**result, "machine": {"date": "-", "cpus": 2, "load_average_at_start": []},
                                     "tag": shipped_tag, "images": "samples"})
 
