@@ -121,7 +121,8 @@ estimate. Expect lower accuracy on new scans. The recipe studies behind this mod
 ## Calibration
 Temperature scaling fitted on valid: T = {info.temperature:.3f}; served probabilities are calibrated.
 Expected calibration error on valid (10 bins): {valid.get('ece_before', float('nan')):.3f} before, {valid.get('ece_after', float('nan')):.3f} after
-(fitted and measured on the same 72 images, so the "after" figure is optimistic).
+(fitted and measured on the same 72 images, so the "after" figure is optimistic). Reliability
+diagram: `reliability_valid.png` in the training run's folder (the shipped model's copy is beside this card).
 
 ## Known shortcuts and limits
 - Normal slices in this dataset are larger and more often RGB; preprocessing converts to greyscale
