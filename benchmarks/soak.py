@@ -60,34 +60,49 @@ def soak(server: Server, files, requests: int, warmup: int, concurrency: int, ch
                 statuses[str(status)] = statuses.get(str(status), 0) + count
             row = {"requests_done": done, **{k: v for k, v in run.summary().items() if k != "statuses"},
                    "rss_mb": rss_mb(procs)}
+            time.sleep(settle)
+            row["rss_idle_mb"] = rss_mb(procs)
             chunks.append(row)
             print(f"  {done:6d} requests: {row['throughput_rps']:6.1f} req/s  p99 {row['p99_ms']:7.1f} ms  "
-                  f"errors {row['errors']}  RSS {row['rss_mb']}", flush=True)
-        seconds = time.perf_counter() - started
-        time.sleep(settle)
-        end = rss_mb(procs)
+                  f"errors {row['errors']}  RSS {row['rss_mb']} idle {row['rss_idle_mb']}", flush=True)
+        seconds = time.perf_counter() - started - settle * len(chunks)
+        end = chunks[-1]["rss_idle_mb"]
     import numpy as np
 
     drift = {role: round((end[role] - baseline[role]) / baseline[role], 4) for role in baseline}
     peak = {role: max(c["rss_mb"][role] for c in chunks) for role in baseline}
+    idle = {role: [c["rss_idle_mb"][role] for c in chunks] for role in baseline}
     result.update({
         "requests": requests, "concurrency": concurrency, "seconds": round(seconds, 1),
         "throughput_rps": round(requests / seconds, 2),
         "p50_ms": round(float(np.percentile(latencies, 50)), 2), "p95_ms": round(float(np.percentile(latencies, 95)), 2),
         "p99_ms": round(float(np.percentile(latencies, 99)), 2), "max_ms": round(max(latencies), 2),
         "errors": len(errors), "error_samples": errors[:10], "statuses": statuses,
-        "rss_end_mb": end, "rss_peak_mb": peak, "rss_drift": drift, "chunks": chunks,
+        "rss_end_mb": end, "rss_peak_mb": peak, "rss_drift": drift,
+        "rss_idle_range_mb": {role: (min(v), max(v)) for role, v in idle.items()},
+        "rss_idle_trend_mb_per_10k": {role: idle_trend(v, [c["requests_done"] for c in chunks]) for role, v in idle.items()},
+        "chunks": chunks,
     })
     result["pass"] = {"zero_errors": len(errors) == 0 and warm["errors"] == 0,
                       "rss_within_10pct": all(abs(d) <= TOLERANCE for d in drift.values())}
     return result
 
 
+def idle_trend(readings: list[float], done: list[int]) -> float:
+    """Least-squares slope of the idle RSS readings, in MB per 10,000 requests (0 with fewer than two)."""
+    import numpy as np
+
+    return round(float(np.polyfit(done, readings, 1)[0]) * 10_000, 2) if len(readings) > 1 else 0.0
+
+
 def markdown(r: dict) -> str:
-    rows = ["| process | idle | after warm-up | peak | end | end vs after warm-up |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| process | idle | after warm-up | peak | end | end vs after warm-up | idle after each chunk | trend (MB / 10k) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for role in r["rss_after_warmup_mb"]:
+        low, high = r["rss_idle_range_mb"][role]
         rows.append(f"| {role} | {r['rss_idle_mb'][role]:.1f} | {r['rss_after_warmup_mb'][role]:.1f} | "
-                    f"{r['rss_peak_mb'][role]:.1f} | {r['rss_end_mb'][role]:.1f} | {r['rss_drift'][role]:+.1%} |")
+                    f"{r['rss_peak_mb'][role]:.1f} | {r['rss_end_mb'][role]:.1f} | {r['rss_drift'][role]:+.1%} | "
+                    f"{low:.1f}–{high:.1f} | {r['rss_idle_trend_mb_per_10k'][role]:+.1f} |")
     verdict = lambda ok: "**pass**" if ok else "**FAIL**"  # noqa: E731
     return f"""## Soak (`make soak`)
 
@@ -98,8 +113,9 @@ model `{r['tag']}`; images: {r['images']}. `bentoml serve` (default settings) re
 in {r['seconds']} s: {r['throughput_rps']} req/s, p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms,
 max {r['max_ms']} ms; statuses {r['statuses']}; errors {r['errors']} (warm-up: {r['warmup']['errors']}).
 
-RSS in MB ("after warm-up" and "end" read with the server idle for {r['settle_s']} s; "peak" is the
-highest reading taken right after each chunk of {r['chunks'][0]['requests']} requests):
+RSS in MB ("after warm-up", "end" and "idle after each chunk" read with the server idle for {r['settle_s']} s;
+"peak" is the highest reading taken right after each chunk of {r['chunks'][0]['requests']} requests, under load's
+aftermath; "trend" is the least-squares slope of the idle readings, the figure a leak would move):
 
 {chr(10).join(rows)}
 

@@ -72,11 +72,19 @@ def test_soak_machinery(shipped_tag, sample_files):
     assert result["errors"] == 0 and result["statuses"] == {"200": 40}
     assert [c["requests_done"] for c in result["chunks"]] == [20, 40]
     assert set(result["rss_drift"]) >= {"front", "model"}
+    for role, (low, high) in result["rss_idle_range_mb"].items():  # the end reading is the last idle reading
+        assert low <= result["rss_end_mb"][role] <= high == max(c["rss_idle_mb"][role] for c in result["chunks"])
     warm = result["warmup"]
     assert warm["errors"] == 0 and warm["requests"] == 8 * warm["rounds"]
     assert warm["rounds"] == 5 or not warm["workers_not_served"]  # repeated only while a worker had served none
     assert "Soak" in soak.markdown({**result, "machine": {"date": "-", "cpus": 2, "load_average_at_start": []},
                                     "tag": shipped_tag, "images": "samples"})
+
+
+def test_idle_trend_is_the_slope_per_10k_requests():
+    assert soak.idle_trend([100.0, 101.0, 102.0], [1000, 2000, 3000]) == 10.0
+    assert soak.idle_trend([120.0, 140.0, 120.0, 140.0], [1000, 2000, 3000, 4000]) == 40.0
+    assert soak.idle_trend([130.0], [1000]) == 0.0
 
 
 def test_report_blocks_replace_only_their_own_section(tmp_path):
