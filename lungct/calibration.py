@@ -31,3 +31,10 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if mask.any():
             ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
     return float(ece)
+
+
+def valid_calibration(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """ECE and negative log-likelihood of logits before and after a temperature."""
+    return {"ece_valid_before": expected_calibration_error(softmax(logits), labels),
+            "ece_valid_after": expected_calibration_error(softmax(logits, temperature), labels),
+            "nll_valid_before": nll(logits, labels, 1.0), "nll_valid_after": nll(logits, labels, temperature)}

@@ -60,6 +60,17 @@ def save_to_store(model, info: ModelInfo, version: str | None = None) -> str:
     return str(bento_model.tag)
 
 
+def save_with_info(tag: str, info: ModelInfo) -> str:
+    """Save a stored model again under a new version with other metadata; the weights file is copied unchanged."""
+    import bentoml
+
+    source = bentoml.models.get(tag)
+    with bentoml.models.create(MODEL_NAME, metadata=info.model_dump(mode="json"), labels=source.info.labels) as bento_model:
+        shutil.copyfile(source.path_of(WEIGHTS_FILE), bento_model.path_of(WEIGHTS_FILE))
+        Path(bento_model.path_of(METADATA_FILE)).write_text(info.model_dump_json(indent=2))
+    return str(bento_model.tag)
+
+
 def _hint() -> str:
     return f"import the shipped model with `{IMPORT_COMMAND}` or train one with `python -m training.train`"
 

@@ -56,3 +56,23 @@ def server(shipped_tag, bentoml_home):
     """One real `bentoml serve` for the whole session, serving the shipped model."""
     with Server(env={"LUNGCT_MODEL_TAG": shipped_tag}) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(samples_dir, tmp_path_factory) -> tuple[str, list[Path], list[str]]:
+    """A real two-member ensemble trained on the samples (its store tag), one 2-fold CV run per member seed,
+    and the training flags of its recipe."""
+    import bentoml
+
+    from training import train
+
+    root = tmp_path_factory.mktemp("ensemble")
+    recipe = ["--data", str(samples_dir), "--epochs", "1", "--width", "16", "--stages", "1", "--size", "32"]
+    assert train.main([*recipe, "--ensemble", "2", "--runs", str(root / "final")]) == 0
+    tag = str(bentoml.models.get("lungct:latest").tag)
+    runs = []
+    for seed in (1337, 1338):
+        assert train.main([*recipe, "--cv", "2", "--cv-only", "--ensemble", "1", "--seed", str(seed),
+                           "--runs", str(root / str(seed))]) == 0
+        runs.append(next((root / str(seed)).iterdir()))
+    return tag, runs, recipe

@@ -25,24 +25,19 @@ def test_model_card_is_written_from_metadata_and_evaluation(shipped_tag, samples
     assert "T = " in card and "n = 8" in card
 
 
-def test_ensemble_card_takes_cv_from_its_members_runs(samples_dir, tmp_path):
+def test_ensemble_card_takes_cv_from_its_members_runs(tiny_ensemble, samples_dir, tmp_path):
     from training import train
 
-    recipe = ["--data", str(samples_dir), "--epochs", "1", "--width", "16", "--stages", "1", "--size", "32"]
-    assert train.main([*recipe, "--ensemble", "2", "--runs", str(tmp_path / "final")]) == 0
-    runs = []
-    for seed in (1337, 1338):
-        assert train.main([*recipe, "--cv", "2", "--cv-only", "--ensemble", "1", "--seed", str(seed),
-                           "--runs", str(tmp_path / str(seed))]) == 0
-        runs.append(next((tmp_path / str(seed)).iterdir()))
+    tag, runs, recipe = tiny_ensemble
     out = tmp_path / "MODEL_CARD.md"
-    args = ["--data", str(samples_dir), "--model", "lungct:latest", "--out", str(out)]
+    args = ["--data", str(samples_dir), "--model", tag, "--out", str(out)]
     assert model_card.main([*args, "--cv-runs", *map(str, runs)]) == 0
     card = out.read_text()
     assert "Ensemble of 2 residual CNNs" in card
     assert re.search(r"2-fold grouped CV over train\+valid: accuracy \d\.\d{3} ± \d\.\d{3}.*training\.ensemble_cv", card)
     assert "--cv-only --ensemble 1 --seed 1338" in card
     assert re.search(r"\| 2 \| \d+( \| \d\.\d{3}){4} \|", card)  # recall per fold and class
+    assert re.search(r"Temperature scaling fitted on valid \(n = \d+\): T = \d\.\d{3}", card)
     with pytest.raises(SystemExit, match="seeds"):
         model_card.main([*args, "--cv-runs", str(runs[0])])
     assert train.main([*recipe, "--cv", "2", "--cv-only", "--ensemble", "1", "--seed", "1338", "--mixup", "0.2",

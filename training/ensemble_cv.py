@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
 from lungct.labels import CLASSES
 from lungct.metrics import cv_summary
+from lungct.store import ModelInfo
 
 
 def load_oof(run: Path) -> dict[str, np.ndarray]:
@@ -35,6 +37,25 @@ def run_recipe(run: Path) -> dict:
     if not path.is_file():
         raise SystemExit(f"error: {path} not found")
     return json.loads(path.read_text())["cv"]["recipe"]
+
+
+def _recipe_key(preprocess: dict, model: dict, train: dict) -> tuple:
+    """A recipe up to member count and seed; fields a run predates take their defaults."""
+    return (PreprocessConfig(**preprocess), ModelConfig(**model).model_copy(update={"ensemble": 1}),
+            TrainConfig(**train).model_copy(update={"seed": 0}))
+
+
+def check_members(info: ModelInfo, runs: list[Path]) -> None:
+    """Exit with an error unless the runs are one CV run per member of the model: its recipe, its seeds."""
+    recipes = [run_recipe(run) for run in runs]
+    seeds = sorted(recipe["train"]["seed"] for recipe in recipes)
+    expected = list(range(info.train.seed, info.train.seed + info.model.ensemble))
+    if seeds != expected:
+        raise SystemExit(f"error: the CV runs have seeds {seeds}; the model's members have {expected}")
+    mine = _recipe_key(info.preprocess.model_dump(), info.model.model_dump(), info.train.model_dump())
+    for run, recipe in zip(runs, recipes):
+        if _recipe_key(**recipe) != mine:
+            raise SystemExit(f"error: {run} cross-validated another recipe than the model's")
 
 
 def member_logits(member: dict[str, np.ndarray], run: Path, mirror: bool) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 
 from lungct.dataset import DatasetError, list_samples, resolve_split
 from lungct.metrics import classification_report, format_report
-from lungct.predictor import Predictor
+from lungct.predictor import Predictor, softmax
 from lungct.store import ModelMissingError
 from training.data import load_set
 
@@ -31,11 +31,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def predict_files(predictor: Predictor, data_dir: Path, batch_size: int = 32):
-    """(labels, probabilities, loaded set) for every readable file under data_dir."""
+def file_logits(predictor: Predictor, data_dir: Path, batch_size: int = 32):
+    """(labels, uncalibrated logits, loaded set) for every readable file under data_dir."""
     loaded = load_set(list_samples(data_dir), predictor.info.preprocess)
-    chunks = [predictor.probabilities(loaded.images[i : i + batch_size]) for i in range(0, len(loaded.images), batch_size)]
+    chunks = [predictor.logits(loaded.images[i : i + batch_size]) for i in range(0, len(loaded.images), batch_size)]
     return loaded.labels, np.concatenate(chunks), loaded
+
+
+def predict_files(predictor: Predictor, data_dir: Path, batch_size: int = 32):
+    """(labels, calibrated probabilities, loaded set) for every readable file under data_dir."""
+    labels, logits, loaded = file_logits(predictor, data_dir, batch_size)
+    return labels, softmax(logits, predictor.info.temperature), loaded
 
 
 def evaluate(predictor: Predictor, data_dir: Path, batch_size: int = 32) -> dict:

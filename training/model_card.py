@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
+from lungct.config import PreprocessConfig
 from lungct.metrics import classification_report
 from lungct.predictor import Predictor
 from lungct.store import SHIPPED_DIR, ModelInfo
-from training.ensemble_cv import ensemble_report, run_recipe
+from training.ensemble_cv import check_members, ensemble_report
 from training.evaluate import predict_files
 
 
@@ -33,23 +33,9 @@ def _intensity(config: PreprocessConfig) -> str:
     return f"contrast stretch between the {config.low_percentile} and {config.high_percentile} percentiles"
 
 
-def _recipe_key(preprocess: dict, model: dict, train: dict) -> tuple:
-    """A recipe up to member count and seed; fields a run predates take their defaults."""
-    return (PreprocessConfig(**preprocess), ModelConfig(**model).model_copy(update={"ensemble": 1}),
-            TrainConfig(**train).model_copy(update={"seed": 0}))
-
-
 def members_cv(info: ModelInfo, runs: list[Path]) -> dict:
     """Grouped CV of an ensemble from its members' CV runs, after checking they are its recipe and seeds."""
-    recipes = [run_recipe(run) for run in runs]
-    seeds = sorted(recipe["train"]["seed"] for recipe in recipes)
-    expected = list(range(info.train.seed, info.train.seed + info.model.ensemble))
-    if seeds != expected:
-        raise SystemExit(f"error: the CV runs have seeds {seeds}; the model's members have {expected}")
-    mine = _recipe_key(info.preprocess.model_dump(), info.model.model_dump(), info.train.model_dump())
-    for run, recipe in zip(runs, recipes):
-        if _recipe_key(**recipe) != mine:
-            raise SystemExit(f"error: {run} cross-validated another recipe than the model's")
+    check_members(info, runs)
     return ensemble_report(runs)["ensemble"]
 
 
@@ -60,7 +46,6 @@ def render(predictor: Predictor, data_dir: Path, cv_runs: list[Path] | None = No
     report = classification_report(labels, predicted)
     ci = bootstrap(labels, predicted)
     cv = members_cv(info, cv_runs) if cv_runs else info.metrics.get("cv")
-    valid = info.metrics.get("valid", {})
     recall = "\n".join(f"| {name} | {row['recall']:.3f} | {row['precision']:.3f} | {row['support']} |"
                        for name, row in report["per_class"].items())
     folds = ", ".join(f"{fold['accuracy']:.3f}" for fold in cv["folds"]) if cv else ""
@@ -119,10 +104,7 @@ estimate. Expect lower accuracy on new scans. The recipe studies behind this mod
 ("Model studies").
 
 ## Calibration
-Temperature scaling fitted on valid: T = {info.temperature:.3f}; served probabilities are calibrated.
-Expected calibration error on valid (10 bins): {valid.get('ece_before', float('nan')):.3f} before, {valid.get('ece_after', float('nan')):.3f} after
-(fitted and measured on the same 72 images, so the "after" figure is optimistic). Reliability
-diagram: `reliability_valid.png` in the training run's folder (the shipped model's copy is beside this card).
+{_calibration(info)}
 
 ## Known shortcuts and limits
 - Normal slices in this dataset are larger and more often RGB; preprocessing converts to greyscale
@@ -140,6 +122,29 @@ make train                      # trains this recipe and saves it into the Bento
 .venv/bin/python -m training.model_card --data {data}/valid --model {predictor.tag}{cv_flag}
 ```
 """
+
+
+def _calibration(info: ModelInfo) -> str:
+    """What the stored metadata says about the temperature: where it was fitted and ECE before/after."""
+    cal = info.metrics.get("calibration")
+    if cal is None:
+        return f"Temperature T = {info.temperature:.3f}; how it was fitted is not recorded in this model's metadata."
+    valid = (f"Expected calibration error on valid (10 bins): {cal['ece_valid_before']:.3f} before, "
+             f"{cal['ece_valid_after']:.3f} after; negative log-likelihood {cal['nll_valid_before']:.3f} before, "
+             f"{cal['nll_valid_after']:.3f} after")
+    if cal["fitted_on"] == "valid":
+        return (f"Temperature scaling fitted on valid (n = {cal['n_fit']}): T = {info.temperature:.3f}; served probabilities "
+                f"are calibrated. {valid} (fitted and measured on the same images, so the \"after\" figures are "
+                f"optimistic). Reliability diagram: `reliability_valid.png` in the training run's folder.")
+    runs = " ".join(cal["cv_runs"])
+    return (f"Temperature scaling fitted on the ensemble's out-of-fold logits over train+valid (n = {cal['n_fit']}, "
+            f"members' CV runs {runs}): T = {info.temperature:.3f}; served probabilities are calibrated.\n"
+            f"Expected calibration error out of fold (10 bins): {cal['ece_oof_before']:.3f} before, {cal['ece_oof_after']:.3f} "
+            f"after (each fold with the temperature fitted on the other four). {valid} (the model itself on "
+            f"`{cal['valid_data']}`, n = {cal['n_valid']}; valid also chose its stopping epochs). Reliability "
+            f"diagrams beside this card: `reliability_oof.png`, `reliability_valid.png`.\n"
+            f"Reproduce: `.venv/bin/python -m training.calibrate --model {cal['source_model']} --cv-runs {runs} "
+            f"--data {cal['valid_data']}` (saves a new version of that model with the temperature).")
 
 
 def _fold_recall(cv: dict) -> str:

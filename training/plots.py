@@ -46,7 +46,8 @@ def plot_confusion(matrix: list[list[int]], path: Path, title: str = "confusion 
     plt.close(fig)
 
 
-def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, path: Path, bins: int = 10) -> None:
+def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, path: Path, bins: int = 10,
+                     title: str = "reliability (valid)") -> None:
     """Reliability diagram: accuracy against confidence, before and after temperature scaling."""
     fig, ax = plt.subplots(figsize=(5, 5))
     edges = np.linspace(0, 1, bins + 1)
@@ -58,7 +59,7 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, 
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title("reliability (valid)")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

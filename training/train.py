@@ -11,7 +11,7 @@ from typing import get_args
 
 import numpy as np
 
-from lungct.calibration import expected_calibration_error, fit_temperature
+from lungct.calibration import fit_temperature, valid_calibration
 from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
 from lungct.dataset import DatasetError, fingerprint, grouped_folds, list_samples, resolve_split
 from lungct.labels import CLASSES
@@ -233,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     logits = predict_logits(model, valid.images)
     temperature = fit_temperature(logits, valid.labels)
     report = classification_report(valid.labels, logits.argmax(1))
-    report["ece_before"] = expected_calibration_error(softmax(logits), valid.labels)
-    report["ece_after"] = expected_calibration_error(softmax(logits, temperature), valid.labels)
     metrics["valid"] = report
+    metrics["calibration"] = {"fitted_on": "valid", "temperature": temperature, "n_fit": len(valid.labels),
+                              **valid_calibration(logits, valid.labels, temperature)}
     print(format_report(report))
     info = ModelInfo(
         preprocess=pcfg, model=mcfg, train=tcfg, temperature=temperature,
