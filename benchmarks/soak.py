@@ -135,11 +135,12 @@ def plot(r: dict, path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     done = [c["requests_done"] for c in r["chunks"]]
     for role in r["rss_after_warmup_mb"]:
-        left.plot(done, [c["rss_mb"][role] for c in r["chunks"]], label=role)
+        line, = left.plot(done, [c["rss_mb"][role] for c in r["chunks"]], label=f"{role} (after a chunk)")
+        left.plot(done, [c["rss_idle_mb"][role] for c in r["chunks"]], "--", color=line.get_color(), label=f"{role} (idle)")
     left.set_xlabel("requests after warm-up")
     left.set_ylabel("RSS (MB)")
     left.set_ylim(bottom=0)
-    left.legend()
+    left.legend(fontsize=7, ncol=2)
     right.plot(done, [c["throughput_rps"] for c in r["chunks"]], label="throughput (req/s)")
     right.plot(done, [c["p99_ms"] / 10 for c in r["chunks"]], label="p99 (ms / 10)")
     right.set_xlabel("requests after warm-up")
