@@ -140,7 +140,7 @@ def _calibration(info: ModelInfo) -> str:
     return (f"Temperature scaling fitted on the ensemble's out-of-fold logits over train+valid (n = {cal['n_fit']}, "
             f"members' CV runs {runs}): T = {info.temperature:.3f}; served probabilities are calibrated.\n"
             f"Expected calibration error out of fold (10 bins): {cal['ece_oof_before']:.3f} before, {cal['ece_oof_after']:.3f} "
-            f"after (each fold with the temperature fitted on the other four). {valid} (the model itself on "
+            f"after (each fold with the temperature fitted on the other folds). {valid} (the model itself on "
             f"`{cal['valid_data']}`, n = {cal['n_valid']}; valid also chose its stopping epochs). Reliability "
             f"diagrams beside this card: `reliability_oof.png`, `reliability_valid.png`.\n"
             f"Reproduce: `.venv/bin/python -m training.calibrate --model {cal['source_model']} --cv-runs {runs} "
