@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,18 +46,25 @@ def framework_versions() -> dict[str, str]:
     return {"keras": keras.__version__, "tensorflow": tf.__version__}
 
 
-def save_to_store(model, info: ModelInfo, version: str | None = None) -> str:
-    """Save a Keras model and its metadata as ``lungct:<version>``; returns the tag."""
+@contextmanager
+def _create(tag: str, info: ModelInfo, labels: dict):
+    """A new store model with its metadata (in the store's record and as metadata.json); the caller adds the weights."""
     import bentoml
 
+    with bentoml.models.create(tag, metadata=info.model_dump(mode="json"), labels=labels) as bento_model:
+        Path(bento_model.path_of(METADATA_FILE)).write_text(info.model_dump_json(indent=2))
+        yield bento_model
+
+
+def save_to_store(model, info: ModelInfo, version: str | None = None) -> str:
+    """Save a Keras model and its metadata as ``lungct:<version>``; returns the tag."""
     tag = f"{MODEL_NAME}:{version}" if version else MODEL_NAME
     import keras
 
     inference_only = keras.models.clone_model(model)  # no optimizer state: a third of the size
     inference_only.set_weights(model.get_weights())
-    with bentoml.models.create(tag, metadata=info.model_dump(mode="json"), labels={"framework": "keras"}) as bento_model:
+    with _create(tag, info, {"framework": "keras"}) as bento_model:
         inference_only.save(bento_model.path_of(WEIGHTS_FILE))
-        Path(bento_model.path_of(METADATA_FILE)).write_text(info.model_dump_json(indent=2))
     return str(bento_model.tag)
 
 
@@ -65,9 +73,8 @@ def save_with_info(tag: str, info: ModelInfo) -> str:
     import bentoml
 
     source = bentoml.models.get(tag)
-    with bentoml.models.create(MODEL_NAME, metadata=info.model_dump(mode="json"), labels=source.info.labels) as bento_model:
+    with _create(MODEL_NAME, info, source.info.labels) as bento_model:
         shutil.copyfile(source.path_of(WEIGHTS_FILE), bento_model.path_of(WEIGHTS_FILE))
-        Path(bento_model.path_of(METADATA_FILE)).write_text(info.model_dump_json(indent=2))
     return str(bento_model.tag)
 
 

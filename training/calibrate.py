@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         predictor = Predictor.from_store(args.model)
+        check_members(predictor.info, args.cv_runs)  # before predicting: wrong runs fail at once
+        members, shared = load_members(args.cv_runs)
         valid_labels, valid_logits, _ = file_logits(predictor, args.data)
     except (DatasetError, ModelMissingError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from exc
-    check_members(predictor.info, args.cv_runs)
-    members, shared = load_members(args.cv_runs)
     report, probs = calibration_report(np.mean(members, axis=0), shared["labels"], shared["folds"],
                                        valid_logits, valid_labels)
     report.update(source_model=predictor.tag, valid_data=str(args.data), cv_runs=[str(run) for run in args.cv_runs])
