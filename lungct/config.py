@@ -15,7 +15,7 @@ class _Frozen(BaseModel):
 class PreprocessConfig(_Frozen):
     """How a decoded slice becomes the model's input; stored in the model's metadata."""
 
-    size: int = Field(128, ge=16, le=1024, description="side of the square input in pixels")
+    size: int = Field(96, ge=16, le=1024, description="side of the square input in pixels")
     crop_foreground: bool = Field(True, description="crop to the body before resizing")
     foreground_threshold: float = Field(0.1, gt=0, lt=1, description="intensity that counts as body")
     low_percentile: float = Field(0.5, ge=0, lt=50)
@@ -52,7 +52,8 @@ class TrainConfig(_Frozen):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: int = Field(3, ge=0)
     label_smoothing: float = Field(0.05, ge=0, lt=1)
-    patience: int = Field(25, ge=1, description="early-stopping patience on valid accuracy (counted from half-way)")
+    patience: int = Field(0, ge=0, description="early stopping on valid accuracy with this patience, counted from "
+                          "half-way (0: off; all epochs are trained, as in cross-validation)")
     seed: int = 1337
     fold_seed: int = Field(1337, description="seed of data splits (grouped CV folds, hold-out), apart from the training seed")
     augment: bool = True

@@ -309,3 +309,20 @@ def test_stopped_cross_validation_resumes_at_its_first_unfinished_fold(samples_d
     assert ensemble_cv.ensemble_report([run])[str(run)] == {k: v for k, v in metrics.items() if k not in ("seconds", "recipe")}
     with pytest.raises(SystemExit, match="needs --cv"):
         train.main(["--data", str(samples_dir), "--resume", str(tmp_path / "nothing")])
+
+
+@pytest.mark.parametrize("patience", [0, 3])
+def test_members_train_all_epochs_unless_given_a_patience(samples_dir, tmp_path, monkeypatch, capfd, patience):
+    """The recipe trains every epoch, as its cross-validation runs do; `--patience N` stops on valid accuracy."""
+    import keras
+
+    stoppers, real = [], keras.callbacks.EarlyStopping
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", lambda **kw: stoppers.append(kw) or real(**kw))
+    assert train.main(["--data", str(samples_dir), "--epochs", "4", "--width", "8", "--stages", "1", "--size", "32",
+                       "--batch-size", "4", "--ensemble", "1", "--patience", str(patience), "--no-save",
+                       "--runs", str(tmp_path)]) == 0
+    if patience:
+        assert [(s["patience"], s["start_from_epoch"], s["restore_best_weights"]) for s in stoppers] == [(3, 2, True)]
+    else:
+        assert stoppers == [], "no early stopping in the recipe"
+        assert "Epoch 4/4" in capfd.readouterr().out

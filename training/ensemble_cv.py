@@ -40,9 +40,10 @@ def run_recipe(run: Path) -> dict:
 
 
 def _recipe_key(preprocess: dict, model: dict, train: dict) -> tuple:
-    """A recipe up to member count and seed; fields a run predates take their defaults."""
+    """A recipe up to member count, seed and early-stopping patience (CV folds always train all epochs, so a
+    run's patience never applied); fields a run predates take their defaults."""
     return (PreprocessConfig(**preprocess), ModelConfig(**model).model_copy(update={"ensemble": 1}),
-            TrainConfig(**train).model_copy(update={"seed": 0}))
+            TrainConfig(**train).model_copy(update={"seed": 0, "patience": 0}))
 
 
 def check_members(info: ModelInfo, runs: list[Path]) -> None:

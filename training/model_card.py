@@ -33,6 +33,18 @@ def _intensity(config: PreprocessConfig) -> str:
     return f"contrast stretch between the {config.low_percentile} and {config.high_percentile} percentiles"
 
 
+def _stopped_on_valid(info: ModelInfo) -> bool:
+    return bool(info.train.patience) and not info.train.ema
+
+
+def _stopping(info: ModelInfo) -> tuple[str, str]:
+    """How the members' length was set, and what that means for the valid figures."""
+    if _stopped_on_valid(info):
+        return (f"early stopping on valid accuracy (patience {info.train.patience}, from epoch {info.train.epochs // 2})",
+                "and valid accuracy also chose each member's stopping epoch (early stopping restores the best epoch), ")
+    return f"all {info.train.epochs} epochs trained, as in cross-validation (no early stopping)", ""
+
+
 def members_cv(info: ModelInfo, runs: list[Path]) -> dict:
     """Grouped CV of an ensemble from its members' CV runs, after checking they are its recipe and seeds."""
     check_members(info, runs)
@@ -53,6 +65,7 @@ def render(predictor: Predictor, data_dir: Path, cv_runs: list[Path] | None = No
                f"macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f} (mean ± standard deviation over folds; "
                f"fold accuracies: {folds})" if cv else "not run for this model")
     fold_recall = _fold_recall(cv) if cv else ""
+    stopping, stopped_on_valid = _stopping(info)
     runs = " ".join(str(r) for r in cv_runs or [])
     if cv_runs:
         cv_text += (f"; the members' out-of-fold logits averaged, from one CV run per member seed "
@@ -80,7 +93,7 @@ the aspect ratio onto a black {info.preprocess.size}x{info.preprocess.size} squa
 ## Model and training
 {_architecture(info)} from scratch: {info.model.model_dump()}.
 Training: {info.train.model_dump()}; AdamW with warm-up and cosine decay, class weights, augmentation
-(mirror, rotation, zoom, shift, contrast), early stopping on valid accuracy.
+(mirror, rotation, zoom, shift, contrast), {stopping}.
 Training time of this model: {info.training_seconds:.0f} s on 2 CPU cores; Keras {info.versions.get('keras')},
 TensorFlow {info.versions.get('tensorflow')}.
 
@@ -97,8 +110,7 @@ Confusion matrix (rows true, columns predicted, order as above): `{report['confu
 Cross-validation: {cv_text}.
 {fold_recall}
 
-Valid shares scans (and many near-duplicate slices) with train, and valid accuracy also chose each
-member's stopping epoch (early stopping restores the best epoch), so the valid figures are optimistic;
+Valid shares scans (and many near-duplicate slices) with train, {stopped_on_valid}so the valid figures are optimistic;
 grouped CV (fixed epochs, duplicates and neighbouring slices kept in one fold) is the more honest
 estimate. Expect lower accuracy on new scans. The recipe studies behind this model are in README.md
 ("Model studies").
@@ -137,11 +149,12 @@ def _calibration(info: ModelInfo) -> str:
                 f"are calibrated. {valid} (fitted and measured on the same images, so the \"after\" figures are "
                 f"optimistic). Reliability diagram: `reliability_valid.png` in the training run's folder.")
     runs = " ".join(cal["cv_runs"])
+    chose = "; valid also chose its stopping epochs" if _stopped_on_valid(info) else ""
     return (f"Temperature scaling fitted on the ensemble's out-of-fold logits over train+valid (n = {cal['n_fit']}, "
             f"members' CV runs {runs}): T = {info.temperature:.3f}; served probabilities are calibrated.\n"
             f"Expected calibration error out of fold (10 bins): {cal['ece_oof_before']:.3f} before, {cal['ece_oof_after']:.3f} "
             f"after (each fold with the temperature fitted on the other folds). {valid} (the model itself on "
-            f"`{cal['valid_data']}`, n = {cal['n_valid']}; valid also chose its stopping epochs). Reliability "
+            f"`{cal['valid_data']}`, n = {cal['n_valid']}{chose}). Reliability "
             f"diagrams beside this card: `reliability_oof.png`, `reliability_valid.png`.\n"
             f"Reproduce: `.venv/bin/python -m training.calibrate --model {cal['source_model']} --cv-runs {runs} "
             f"--data {cal['valid_data']}` (saves a new version of that model with the temperature).")

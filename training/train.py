@@ -95,8 +95,8 @@ def fit(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg:
 
 
 def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg: ModelConfig, tcfg: TrainConfig):
-    """Train one model from scratch; early stopping on valid accuracy when a valid set is given (not with EMA,
-    whose averaged weights Keras writes into the model when fit ends)."""
+    """Train one model from scratch for all epochs; with a valid set and a patience, early stopping on valid
+    accuracy (not with EMA, whose averaged weights Keras writes into the model when fit ends)."""
     import keras
 
     from lungct.model import build_model
@@ -119,7 +119,7 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
     val_ds = None
     if valid is not None:
         val_ds = make_dataset(valid.images, valid.labels, 64)
-    if valid is not None and not tcfg.ema:
+    if valid is not None and tcfg.patience and not tcfg.ema:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=tcfg.patience, restore_best_weights=True,
             start_from_epoch=tcfg.epochs // 2))
