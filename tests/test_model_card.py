@@ -66,3 +66,13 @@ def test_card_names_the_models_intensity_normalisation():
 
     assert _intensity(PreprocessConfig()) == "contrast stretch between the 0.5 and 99.5 percentiles"
     assert _intensity(PreprocessConfig(intensity="equalize")) == "histogram equalisation over the body"
+
+
+def test_card_says_how_the_members_were_stopped(shipped_tag):
+    from lungct.store import read_info
+
+    info, _, _ = read_info(shipped_tag)
+    assert model_card._stopping(info) == ("all 200 epochs trained, as in cross-validation (no early stopping)", "")
+    stopped = info.model_copy(update={"train": info.train.model_copy(update={"patience": 25})})
+    text, caveat = model_card._stopping(stopped)
+    assert "patience 25, from epoch 100" in text and "chose each member's stopping epoch" in caveat

@@ -326,3 +326,18 @@ def test_members_train_all_epochs_unless_given_a_patience(samples_dir, tmp_path,
     else:
         assert stoppers == [], "no early stopping in the recipe"
         assert "Epoch 4/4" in capfd.readouterr().out
+
+
+def test_cv_folds_are_those_of_the_committed_runs_whatever_the_input_size():
+    """Folds come from a fixed framing: a 64-pixel run gets the folds the shipped members were scored on."""
+    from lungct.config import PreprocessConfig
+    from lungct.dataset import grouped_folds
+    from lungct.store import SHIPPED_DIR
+    from tests.conftest import KAGGLE
+
+    if not KAGGLE.is_dir():
+        pytest.skip("needs the Kaggle data in ../shared")
+    data = train.concat(*train.load_splits(KAGGLE, PreprocessConfig(size=64), 1337))
+    with np.load(SHIPPED_DIR / "cv" / "seed1337" / "oof.npz") as committed:
+        assert list(committed["digests"]) == data.digests
+        np.testing.assert_array_equal(grouped_folds(data.groups(), data.labels, 5, 1337), committed["folds"])

@@ -18,7 +18,10 @@ from lungct.preprocess import foreground_box, preprocess, resize, stretch_contra
 log = logging.getLogger("lungct.training")
 
 
-GROUPING = PreprocessConfig()  # near duplicates are found on the default framing, whatever a run's preprocessing
+# Near duplicates are found on one fixed framing, whatever a run's preprocessing or the recipe's defaults, so
+# that every CV run, today's and later ones, is scored on the same folds (the 128-pixel framing they were made on).
+GROUPING = PreprocessConfig(size=128, crop_foreground=True, foreground_threshold=0.1, low_percentile=0.5,
+                            high_percentile=99.5, intensity="percentile")
 THUMBNAIL = 16
 
 
@@ -52,7 +55,7 @@ def lung_view(image: np.ndarray, work: int = 128) -> np.ndarray:
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
     """Two THUMBNAIL-square views of a decoded slice for near-duplicate search, the same for every run so
-    folds are too: the model's default framing, and the lungs' box (lung_view)."""
+    folds are too: the GROUPING framing, and the lungs' box (lung_view)."""
     return np.stack([resize(preprocess(image, GROUPING)[..., 0], THUMBNAIL, THUMBNAIL), lung_view(image)])
 
 
