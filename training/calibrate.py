@@ -1,9 +1,9 @@
 """`python -m training.calibrate --model TAG --cv-runs RUN [RUN ...] --data DIR`: refit a model's temperature out of fold.
 
 `training.train` fits the temperature on valid: 72 slices that share scans with train (and, with early
-stopping, chose the members' stopping epochs). This fits it instead on the ensemble's out-of-fold logits over train+valid (one
-`training.train --cv K --cv-only --seed S` run per member, as for the model card): every slice
-predicted by networks of the model's recipe that never saw it. Reports expected calibration error before
+stopping, chose the members' stopping epochs). This fits it instead on the ensemble's out-of-fold logits
+over train+valid (one `training.train --cv K --cv-only --seed S` run per member, as for the model card):
+every slice predicted by networks of the model's recipe that never saw it. Reports expected calibration error before
 and after, out of fold (each fold with the temperature fitted on the other folds) and on DIR with
 the model itself, draws both reliability diagrams into `--out`, and saves the model again as a new
 version with the temperature and these figures (metadata `metrics.calibration`); weights unchanged.
