@@ -65,6 +65,11 @@ class TrainConfig(_Frozen):
     ema: float = Field(0.0, ge=0, lt=1, description="momentum of an exponential moving average of the weights per step "
                        "(0: off); the average is the trained model, so early stopping is not used")
 
+    @property
+    def stops_early(self) -> bool:
+        """Whether members stop on valid accuracy (and so valid chooses their epoch): a patience, and no EMA."""
+        return bool(self.patience) and not self.ema
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"LUNGCT_{name}", default)

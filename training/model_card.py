@@ -33,13 +33,9 @@ def _intensity(config: PreprocessConfig) -> str:
     return f"contrast stretch between the {config.low_percentile} and {config.high_percentile} percentiles"
 
 
-def _stopped_on_valid(info: ModelInfo) -> bool:
-    return bool(info.train.patience) and not info.train.ema
-
-
 def _stopping(info: ModelInfo) -> tuple[str, str]:
     """How the members' length was set, and what that means for the valid figures."""
-    if _stopped_on_valid(info):
+    if info.train.stops_early:
         return (f"early stopping on valid accuracy (patience {info.train.patience}, from epoch {info.train.epochs // 2})",
                 "and valid accuracy also chose each member's stopping epoch (early stopping restores the best epoch), ")
     return f"all {info.train.epochs} epochs trained, as in cross-validation (no early stopping)", ""
@@ -149,7 +145,7 @@ def _calibration(info: ModelInfo) -> str:
                 f"are calibrated. {valid} (fitted and measured on the same images, so the \"after\" figures are "
                 f"optimistic). Reliability diagram: `reliability_valid.png` in the training run's folder.")
     runs = " ".join(cal["cv_runs"])
-    chose = "; valid also chose its stopping epochs" if _stopped_on_valid(info) else ""
+    chose = "; valid also chose its stopping epochs" if info.train.stops_early else ""
     return (f"Temperature scaling fitted on the ensemble's out-of-fold logits over train+valid (n = {cal['n_fit']}, "
             f"members' CV runs {runs}): T = {info.temperature:.3f}; served probabilities are calibrated.\n"
             f"Expected calibration error out of fold (10 bins): {cal['ece_oof_before']:.3f} before, {cal['ece_oof_after']:.3f} "

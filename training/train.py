@@ -119,7 +119,7 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
     val_ds = None
     if valid is not None:
         val_ds = make_dataset(valid.images, valid.labels, 64)
-    if valid is not None and tcfg.patience and not tcfg.ema:
+    if valid is not None and tcfg.stops_early:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=tcfg.patience, restore_best_weights=True,
             start_from_epoch=tcfg.epochs // 2))
