@@ -73,6 +73,13 @@ def _find(parent: list[int], i: int) -> int:
     return i
 
 
+def view_distances(thumbnails: np.ndarray, i: int) -> np.ndarray:
+    """How far every file is from file ``i``: over the views of ``thumbnails`` (N, views, h, w), the smallest
+    mean absolute difference (0 for a copy; near duplicates are below 0.03)."""
+    views = thumbnails.reshape(len(thumbnails), thumbnails.shape[1], -1).astype(np.float32)
+    return np.abs(views - views[i]).mean(axis=2).min(axis=1)
+
+
 def duplicate_groups(digests: list[str], thumbnails: np.ndarray, max_mean_diff: float = 0.03) -> np.ndarray:
     """Group ids such that exact duplicates (same digest) and near duplicates share a group.
 
@@ -82,13 +89,12 @@ def duplicate_groups(digests: list[str], thumbnails: np.ndarray, max_mean_diff: 
     """
     n = len(digests)
     parent = list(range(n))
-    views = thumbnails.reshape(n, thumbnails.shape[1], -1).astype(np.float32)
     first_by_digest: dict[str, int] = {}
     for i, digest in enumerate(digests):
         j = first_by_digest.setdefault(digest, i)
         parent[_find(parent, i)] = _find(parent, j)
     for i in range(n):
-        close = np.flatnonzero((np.abs(views[i + 1 :] - views[i]).mean(axis=2) < max_mean_diff).any(axis=1)) + i + 1
+        close = np.flatnonzero(view_distances(thumbnails, i)[i + 1 :] < max_mean_diff) + i + 1
         for j in close:
             parent[_find(parent, int(j))] = _find(parent, i)
     roots = [_find(parent, i) for i in range(n)]

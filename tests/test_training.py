@@ -135,7 +135,10 @@ def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp
     assert mirrored == cv_summary((oof["logits"] + oof["mirrored_logits"]) / 2, oof["labels"], oof["folds"])
     assert fold_leak.main([*map(str, runs), "--data", str(samples_dir)]) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert report["all"]["n"] == len(oof["labels"]) and report["all"]["leaked"] == 0  # today's folds keep groups whole
+    groups = report["groups"]
+    assert groups["all"]["n"] == len(oof["labels"]) and groups["all"]["leaked"] == 0  # today's folds keep groups whole
+    assert sum(band["n"] for band in report["distance"]) == len(oof["labels"])
+    assert report["distance"][0]["n"] == 0  # no slice had a near duplicate (distance < 0.03) in its training folds
     fewer = tmp_path / "fewer"
     shutil.copytree(samples_dir, fewer)
     next(fewer.glob("normal/*")).unlink()
@@ -150,6 +153,21 @@ def test_fold_leak_finds_groups_split_across_folds():
     report = fold_leak.leak_report(groups, folds, labels, predicted)
     assert report["all"] == {"n": 5, "leaked": 2, "accuracy_leaked": 0.5, "accuracy_rest": 2 / 3}
     assert report["normal"]["accuracy_rest"] is None and report["adenocarcinoma"]["leaked"] == 0
+
+
+def test_distance_to_the_training_folds_and_accuracy_by_band():
+    thumbs = np.zeros((5, 2, 4, 4), np.float32)
+    thumbs[1, 0] = 0.02          # 1: 0.02 from 0 in the first view (its second view is 0 apart)
+    thumbs[2] = 0.5              # 2: 0.5 from 0 and 1, 0.4 from 3
+    thumbs[3] = 0.1              # 3: 0.08 from 1 in the first view
+    thumbs[4] = 0.1              # 4: a copy of 3 in the same fold
+    folds = np.array([0, 1, 1, 0, 0])
+    distance = fold_leak.nearest_other_fold(thumbs, folds)
+    np.testing.assert_allclose(distance, [0.0, 0.0, 0.4, 0.08, 0.08])  # 3 and 4: not each other (one fold), 1
+    labels, predicted = np.array([0, 2, 3, 1, 1]), np.array([0, 2, 0, 1, 0])
+    bands = fold_leak.distance_report(distance, labels, predicted, [0.05, 0.2])
+    assert [(b["low"], b["high"], b["n"], b["accuracy"]) for b in bands] == [(0.0, 0.05, 2, 1.0), (0.05, 0.2, 2, 0.5), (0.2, None, 1, 0.0)]
+    assert [(b["n_tumour"], b["accuracy_tumour"]) for b in bands] == [(1, 1.0), (2, 0.5), (1, 0.0)]  # slice 1 is normal
 
 
 def test_ensemble_refuses_runs_on_other_folds(tmp_path):

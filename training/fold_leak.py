@@ -1,9 +1,14 @@
-"""`python -m training.fold_leak RUN [RUN ...] --data DATA`: how far a CV run's folds leak under today's grouping.
+"""`python -m training.fold_leak RUN [RUN ...] --data DATA`: how far a CV run's folds leak, and how far CV
+accuracy is from accuracy on slices unlike any training slice.
 
 A slice whose near-duplicate group (lungct.dataset.duplicate_groups, as training computes it now) spans
 several of a run's folds had a copy in training when it was scored. For runs cross-validated before the
 grouping changed, this prints the accuracy of the runs' averaged out-of-fold logits on those slices and
 on the others, per class: how optimistic the old folds were.
+
+Grouping keeps copies together, not neighbouring slices of one scan. So it also prints accuracy by how
+far each slice was from the nearest slice of the folds it was scored against (the grouping's distance,
+lungct.dataset.view_distances): the far bands are the nearest CV comes to slices of a new scan.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lungct.config import PreprocessConfig
-from lungct.dataset import DatasetError
+from lungct.dataset import DatasetError, view_distances
 from lungct.labels import CLASSES
 from training.data import concat
 from training.ensemble_cv import load_members, run_recipe
@@ -44,10 +49,30 @@ def leak_report(groups: np.ndarray, folds: np.ndarray, labels: np.ndarray, predi
             for name in rows}
 
 
+def nearest_other_fold(thumbnails: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """For each slice, the distance to the nearest slice of another fold (the data it was scored against)."""
+    return np.array([view_distances(thumbnails, i)[folds != folds[i]].min() for i in range(len(folds))])
+
+
+def distance_report(distance: np.ndarray, labels: np.ndarray, predicted: np.ndarray, edges: list[float]) -> list[dict]:
+    """Accuracy over all slices and over tumour slices, per band of distance [low, high)."""
+    bounds = [0.0, *edges, np.inf]
+    hits, tumour = predicted == labels, labels != CLASSES.index("normal")
+    rows = []
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        band = (distance >= low) & (distance < high)
+        rows.append({"low": low, "high": None if high == np.inf else high, "n": int(band.sum()),
+                     "accuracy": _accuracy(hits[band]), "n_tumour": int((band & tumour).sum()),
+                     "accuracy_tumour": _accuracy(hits[band & tumour])})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", type=Path, nargs="+", help="CV run folders with oof.npz (averaged when several)")
     p.add_argument("--data", type=Path, required=True, help="the data the runs were cross-validated on")
+    p.add_argument("--edges", type=float, nargs="+", default=[0.03, 0.05, 0.07],
+                   help="band edges of the distance to the nearest slice of another fold")
     args = p.parse_args(argv)
     logits, shared = load_members(args.runs)
     try:
@@ -57,11 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     data = concat(train, valid)
     if data.digests != list(shared["digests"]):
         raise SystemExit(f"error: {args.data} is not the data the runs were cross-validated on")
-    report = leak_report(data.groups(), shared["folds"], shared["labels"], np.mean(logits, axis=0).argmax(1))
+    predicted = np.mean(logits, axis=0).argmax(1)
+    report = leak_report(data.groups(), shared["folds"], shared["labels"], predicted)
     for name, row in report.items():
         print(f"{name:<26} n {row['n']:>4}  with a copy in another fold {row['leaked']:>4}  "
               f"accuracy on those {_text(row['accuracy_leaked'])}  on the rest {_text(row['accuracy_rest'])}")
-    print(json.dumps(report))
+    distance = nearest_other_fold(data.thumbnails, shared["folds"])
+    bands = distance_report(distance, shared["labels"], predicted, sorted(args.edges))
+    print("distance to the nearest slice of the other folds:")
+    for row in bands:
+        high = "inf" if row["high"] is None else f"{row['high']:.3f}"
+        print(f"  [{row['low']:.3f}, {high:<5}) n {row['n']:>4} accuracy {_text(row['accuracy'])}  "
+              f"tumour slices n {row['n_tumour']:>4} accuracy {_text(row['accuracy_tumour'])}")
+    print(json.dumps({"groups": report, "distance": bands}))
     return 0
 
 
