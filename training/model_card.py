@@ -107,9 +107,11 @@ Cross-validation: {cv_text}.
 {fold_recall}
 
 Valid shares scans (and many near-duplicate slices) with train, {stopped_on_valid}so the valid figures are optimistic;
-grouped CV (fixed epochs, duplicates and neighbouring slices kept in one fold) is the more honest
-estimate. Expect lower accuracy on new scans. The recipe studies behind this model are in README.md
-("Model studies").
+grouped CV (fixed epochs, exact and near duplicates kept in one fold) is the more honest estimate, yet
+neighbouring slices of one scan still fall into different folds, and tumour slices with no look-alike in
+their training folds are right far less often (`python -m training.fold_leak {runs or 'RUN'} --data {data}`;
+README.md "How far CV is from new scans"). Expect much lower accuracy on new scans. The recipe studies
+behind this model are in README.md ("Model studies").
 
 ## Calibration
 {_calibration(info)}
