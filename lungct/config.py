@@ -16,7 +16,10 @@ class PreprocessConfig(_Frozen):
     """How a decoded slice becomes the model's input; stored in the model's metadata."""
 
     size: int = Field(96, ge=16, le=1024, description="side of the square input in pixels")
-    crop_foreground: bool = Field(True, description="crop to the body before resizing")
+    crop_foreground: bool = Field(True, description="crop before resizing (to what: crop_to)")
+    crop_to: Literal["body", "lungs"] = Field(
+        "body", description="crop to the body, or to the lungs' box (the air the body encloses) widened by lung_margin")
+    lung_margin: float = Field(0.1, ge=0, le=1, description="margin around the lungs' box, as a share of its longer side")
     foreground_threshold: float = Field(0.1, gt=0, lt=1, description="intensity that counts as body")
     low_percentile: float = Field(0.5, ge=0, lt=50)
     high_percentile: float = Field(99.5, gt=50, le=100)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from lungct.config import DecodeConfig, PreprocessConfig
 from lungct.decode import decode_image
@@ -27,6 +27,54 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(source.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+    """The intensity in [0, 1] that best separates the two modes of a histogram (Otsu's method)."""
+    counts, _ = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    share = np.cumsum(counts) / counts.sum()
+    mean = np.cumsum(counts * np.arange(bins)) / counts.sum()
+    between = (mean[-1] * share - mean) ** 2 / (share * (1 - share) + 1e-12)
+    return (int(np.argmax(between)) + 0.5) / bins
+
+
+def enclosed(mask: np.ndarray) -> np.ndarray:
+    """The part of a boolean mask not connected to the image border (for air: the lungs, not the room)."""
+    padded = Image.fromarray(np.pad(mask, 1, constant_values=True).astype(np.uint8) * 255).copy()
+    ImageDraw.floodfill(padded, (0, 0), 128)
+    return np.asarray(padded)[1:-1, 1:-1] == 255
+
+
+def shrink(image: np.ndarray, work: int, config: PreprocessConfig) -> tuple[np.ndarray, float]:
+    """The slice scaled so its longer side is `work` pixels, contrast-stretched; and the scale used."""
+    scale = work / max(image.shape)
+    small = resize(image, max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return stretch_contrast(small, config.low_percentile, config.high_percentile), scale
+
+
+def lungs_box(small: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Box (top, bottom, left, right) of the air the body encloses in a shrunk slice: below Otsu's threshold
+    after a slight blur, not connected to the border. None when there is none (no lungs in the slice)."""
+    blurred = Image.fromarray(np.uint8(small * 255)).filter(ImageFilter.GaussianBlur(max(small.shape) / 64))
+    smooth = np.asarray(blurred, np.float32) / 255
+    lungs = enclosed(smooth < otsu_threshold(smooth))
+    return foreground_box(lungs.astype(np.float32), 0.5) if lungs.any() else None
+
+
+def crop_box(image: np.ndarray, config: PreprocessConfig, work: int = 128) -> tuple[int, int, int, int]:
+    """What the model sees of a slice (top, bottom, left, right): all of it, the body, or the lungs' box with a
+    margin (found on a `work`-pixel copy; the body when no lungs are found)."""
+    if not config.crop_foreground:
+        return 0, image.shape[0], 0, image.shape[1]
+    if config.crop_to == "lungs":
+        small, scale = shrink(image, work, config)
+        box = lungs_box(small)
+        if box is not None:
+            top, bottom, left, right = box
+            pad = config.lung_margin * max(bottom - top, right - left)
+            return (max(0, int((top - pad) / scale)), min(image.shape[0], int(np.ceil((bottom + pad) / scale))),
+                    max(0, int((left - pad) / scale)), min(image.shape[1], int(np.ceil((right + pad) / scale))))
+    return foreground_box(image, config.foreground_threshold)
+
+
 @dataclass(frozen=True)
 class Framing:
     """Where the model's square input came from in the decoded slice: crop box, then scaled content
@@ -43,9 +91,7 @@ class Framing:
 
 
 def framing(image: np.ndarray, config: PreprocessConfig) -> Framing:
-    top, bottom, left, right = (
-        foreground_box(image, config.foreground_threshold) if config.crop_foreground else (0, *image.shape[:1], 0, image.shape[1])
-    )
+    top, bottom, left, right = crop_box(image, config)
     scale = config.size / max(bottom - top, right - left)
     height, width = max(1, round((bottom - top) * scale)), max(1, round((right - left) * scale))
     return Framing(top, bottom, left, right, height, width, (config.size - height) // 2, (config.size - width) // 2)

@@ -18,7 +18,7 @@ def test_exact_and_near_duplicates_share_a_group():
 
 
 def test_enclosed_keeps_air_inside_the_body_only():
-    from training.data import enclosed, otsu_threshold
+    from lungct.preprocess import enclosed, otsu_threshold
 
     air = np.ones((40, 40), dtype=bool)
     air[5:35, 5:35] = False                                   # body

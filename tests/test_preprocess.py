@@ -56,3 +56,46 @@ def test_equalize_ignores_any_monotonic_change_of_body_grey_levels():
     image = np.where(rng.random((40, 40)) < 0.3, 0.0, rng.uniform(0.12, 1.0, (40, 40))).astype(np.float32)
     rewindowed = np.where(image > 0.1, 0.1 + 0.9 * ((image - 0.1) / 0.9) ** 2.5, image).astype(np.float32)
     np.testing.assert_array_equal(equalize_body(image, 0.1), equalize_body(rewindowed, 0.1))
+
+
+def _chest(height: int = 200, width: int = 300) -> np.ndarray:
+    """A synthetic axial slice: black room, a grey body, two dark lungs inside it."""
+    image = np.zeros((height, width), np.float32)
+    image[20:180, 20:280] = 0.7                                # body
+    image[60:140, 70:130] = image[60:140, 170:230] = 0.15     # lungs: rows 60-140, columns 70-230
+    return image
+
+
+def test_crop_to_lungs_frames_the_lungs_with_a_margin():
+    from lungct.preprocess import crop_box
+
+    image = _chest()
+    assert crop_box(image, PreprocessConfig()) == (20, 180, 20, 280)          # the body
+    top, bottom, left, right = crop_box(image, PreprocessConfig(crop_to="lungs", lung_margin=0.0))
+    assert abs(top - 60) <= 3 and abs(bottom - 140) <= 3 and abs(left - 70) <= 3 and abs(right - 230) <= 3
+    wide = crop_box(image, PreprocessConfig(crop_to="lungs", lung_margin=0.1))  # 10% of the 160-pixel side
+    assert abs(wide[0] - (top - 16)) <= 2 and abs(wide[3] - (right + 16)) <= 2
+    out = preprocess(image, PreprocessConfig(size=64, crop_to="lungs", lung_margin=0.0))[..., 0]
+    assert 0 < out[32, 1] < 0.3 and 0 < out[32, 62] < 0.3 and out[32, 32] > 0.5  # lungs at both sides, body between
+    assert out[:12].max() == 0.0  # the box is twice as wide as tall: black above and below
+
+
+def test_crop_to_lungs_falls_back_to_the_body_without_lungs():
+    from lungct.preprocess import crop_box
+
+    image = _chest()
+    image[60:140, 70:230] = 0.7                                # no enclosed air: an abdominal slice
+    assert crop_box(image, PreprocessConfig(crop_to="lungs")) == crop_box(image, PreprocessConfig())
+
+
+def test_crop_to_lungs_on_real_slices(sample_files):
+    """On real slices the lungs' box lies inside the body's box and is smaller."""
+    from lungct.decode import decode_image
+    from lungct.preprocess import crop_box
+
+    for path in sample_files:
+        image = decode_image(path.read_bytes(), str(path))
+        body = crop_box(image, PreprocessConfig())
+        lungs = crop_box(image, PreprocessConfig(crop_to="lungs", lung_margin=0.0))
+        assert body[0] <= lungs[0] < lungs[1] <= body[1] and body[2] <= lungs[2] < lungs[3] <= body[3]
+        assert (lungs[1] - lungs[0]) * (lungs[3] - lungs[2]) < (body[1] - body[0]) * (body[3] - body[2])

@@ -7,48 +7,28 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
 
 from lungct.config import PreprocessConfig, TrainConfig
 from lungct.dataset import Sample, duplicate_groups, file_digest
 from lungct.decode import DecodeError, decode_image
 from lungct.labels import CLASSES
-from lungct.preprocess import foreground_box, preprocess, resize, stretch_contrast
+from lungct.preprocess import lungs_box, preprocess, resize, shrink, stretch_contrast
 
 log = logging.getLogger("lungct.training")
 
 
 # Near duplicates are found on one fixed framing, whatever a run's preprocessing or the recipe's defaults, so
 # that every CV run, today's and later ones, is scored on the same folds (the 128-pixel framing they were made on).
-GROUPING = PreprocessConfig(size=128, crop_foreground=True, foreground_threshold=0.1, low_percentile=0.5,
+GROUPING = PreprocessConfig(size=128, crop_foreground=True, crop_to="body", foreground_threshold=0.1, low_percentile=0.5,
                             high_percentile=99.5, intensity="percentile")
 THUMBNAIL = 16
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
-    """The intensity in [0, 1] that best separates the two modes of a histogram (Otsu's method)."""
-    counts, _ = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    share = np.cumsum(counts) / counts.sum()
-    mean = np.cumsum(counts * np.arange(bins)) / counts.sum()
-    between = (mean[-1] * share - mean) ** 2 / (share * (1 - share) + 1e-12)
-    return (int(np.argmax(between)) + 0.5) / bins
-
-
-def enclosed(mask: np.ndarray) -> np.ndarray:
-    """The part of a boolean mask not connected to the image border (for air: the lungs, not the room)."""
-    padded = Image.fromarray(np.pad(mask, 1, constant_values=True).astype(np.uint8) * 255).copy()
-    ImageDraw.floodfill(padded, (0, 0), 128)
-    return np.asarray(padded)[1:-1, 1:-1] == 255
 
 
 def lung_view(image: np.ndarray, work: int = 128) -> np.ndarray:
     """The lungs' bounding box stretched onto a THUMBNAIL square: the same for copies of a slice that were
     cropped, zoomed or framed differently, which the body framing tells apart."""
-    scale = work / max(image.shape)
-    small = stretch_contrast(resize(image, max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-                             GROUPING.low_percentile, GROUPING.high_percentile)
-    smooth = np.asarray(Image.fromarray(np.uint8(small * 255)).filter(ImageFilter.GaussianBlur(work / 64)), np.float32) / 255
-    top, bottom, left, right = foreground_box(enclosed(smooth < otsu_threshold(smooth)).astype(np.float32), 0.5)
+    small, _ = shrink(image, work, GROUPING)
+    top, bottom, left, right = lungs_box(small) or (0, small.shape[0], 0, small.shape[1])
     return stretch_contrast(resize(small[top:bottom, left:right], THUMBNAIL, THUMBNAIL),
                             GROUPING.low_percentile, GROUPING.high_percentile)
 
