@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageFilter
 
 from lungct.config import DecodeConfig, PreprocessConfig
 from lungct.decode import decode_image
@@ -37,10 +37,21 @@ def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
 
 
 def enclosed(mask: np.ndarray) -> np.ndarray:
-    """The part of a boolean mask not connected to the image border (for air: the lungs, not the room)."""
-    padded = Image.fromarray(np.pad(mask, 1, constant_values=True).astype(np.uint8) * 255).copy()
-    ImageDraw.floodfill(padded, (0, 0), 128)
-    return np.asarray(padded)[1:-1, 1:-1] == 255
+    """The part of a boolean mask not 4-connected to the image border (for air: the lungs, not the room).
+    The outside is grown from the border one pixel per step, whole arrays at a time."""
+    air = np.pad(np.asarray(mask, dtype=bool), 1, constant_values=True)
+    outside = np.zeros_like(air)
+    outside[[0, -1], :] = outside[:, [0, -1]] = True
+    while True:
+        grown = outside.copy()
+        grown[1:] |= outside[:-1]
+        grown[:-1] |= outside[1:]
+        grown[:, 1:] |= outside[:, :-1]
+        grown[:, :-1] |= outside[:, 1:]
+        grown &= air
+        if np.array_equal(grown, outside):
+            return (air & ~outside)[1:-1, 1:-1]
+        outside = grown
 
 
 def shrink(image: np.ndarray, work: int, config: PreprocessConfig) -> tuple[np.ndarray, float]:
