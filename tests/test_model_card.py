@@ -68,6 +68,16 @@ def test_card_names_the_models_intensity_normalisation():
     assert _intensity(PreprocessConfig(intensity="equalize")) == "histogram equalisation over the body"
 
 
+def test_card_names_the_models_crop():
+    from lungct.config import PreprocessConfig
+    from training.model_card import _crop
+
+    assert _crop(PreprocessConfig()) == "crop to the body"
+    assert _crop(PreprocessConfig(crop_to="lungs", lung_margin=0.1)).startswith("crop to the lungs' box")
+    assert "0.1 of its longer side" in _crop(PreprocessConfig(crop_to="lungs", lung_margin=0.1))
+    assert _crop(PreprocessConfig(crop_foreground=False, crop_to="lungs")) == "no crop"
+
+
 def test_card_says_how_the_members_were_stopped(shipped_tag):
     from lungct.store import read_info
 

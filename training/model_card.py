@@ -33,6 +33,14 @@ def _intensity(config: PreprocessConfig) -> str:
     return f"contrast stretch between the {config.low_percentile} and {config.high_percentile} percentiles"
 
 
+def _crop(config: PreprocessConfig) -> str:
+    if not config.crop_foreground:
+        return "no crop"
+    if config.crop_to == "lungs":
+        return f"crop to the lungs' box (the air the body encloses) with a margin of {config.lung_margin:g} of its longer side"
+    return "crop to the body"
+
+
 def _stopping(info: ModelInfo) -> tuple[str, str]:
     """How the members' length was set, and what that means for the valid figures."""
     if info.train.stops_early:
@@ -83,7 +91,7 @@ dropped. The official test split (315 slices, tumour slices from other scans) wa
 anything. Training-set fingerprint: `{info.data_fingerprint[:16]}…`.
 
 ## Preprocessing (stored in the model's metadata; serving re-reads it)
-Decode by content (PNG, JPEG, DICOM with a lung window), greyscale, crop to the body, resize keeping
+Decode by content (PNG, JPEG, DICOM with a lung window), greyscale, {_crop(info.preprocess)}, resize keeping
 the aspect ratio onto a black {info.preprocess.size}x{info.preprocess.size} square, {_intensity(info.preprocess)}.
 
 ## Model and training
