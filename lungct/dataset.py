@@ -76,7 +76,7 @@ def _find(parent: list[int], i: int) -> int:
 def view_distances(thumbnails: np.ndarray, i: int) -> np.ndarray:
     """How far every file is from file ``i``: over the views of ``thumbnails`` (N, views, h, w), the smallest
     mean absolute difference (0 for a copy; near duplicates are below 0.03)."""
-    views = thumbnails.reshape(len(thumbnails), thumbnails.shape[1], -1).astype(np.float32)
+    views = thumbnails.reshape(len(thumbnails), thumbnails.shape[1], -1).astype(np.float32, copy=False)
     return np.abs(views - views[i]).mean(axis=2).min(axis=1)
 
 
