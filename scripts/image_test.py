@@ -7,7 +7,8 @@
 3. sends the real CT slices of tests/samples to both, with curl (/predict) and with
    bentoml.SyncHTTPClient (predict and predict_batch): same classes, same model, probabilities
    equal to 1e-5;
-4. checks /metrics counted those requests, the health check, PID 1 (tini) and the user (non-root);
+4. checks /metrics counted those requests, the health check, PID 1 (tini), the user (non-root)
+   and that no compiler toolchain or git is in the image;
 5. stops the container (SIGTERM, 10 s before SIGKILL) and measures how long it took: must be < 10 s
    and without SIGKILL;
 6. exports the image with `podman save --format oci-archive` and inspects the archive with skopeo:
@@ -160,6 +161,8 @@ def main() -> int:
         check(pid1.startswith("/usr/bin/tini"), f"PID 1 is the init: {pid1[:80]}")
         uid = run("podman", "exec", name, "id", "-u").stdout.strip()
         check(uid not in ("", "0"), f"service runs as uid {uid}")
+        compilers = run("podman", "exec", name, "sh", "-c", "command -v gcc cc git || true").stdout.split()
+        check(not compilers, f"no compiler toolchain or git in the image: {compilers}")
 
         # --- stop: SIGTERM, SIGKILL only after STOP_LIMIT_S
         t0 = time.perf_counter()
