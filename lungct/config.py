@@ -65,6 +65,9 @@ class TrainConfig(_Frozen):
     gamma: float = Field(0.0, ge=0, le=1, description="gamma curve x ** exp(U(-g, g)) per slice (0: off)")
     mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) concentration; 0 turns mixup off")
     cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a) concentration; 0 turns cutmix off")
+    density_radius: float = Field(0.0, ge=0, description="weigh each training slice by 1 / (training slices within "
+                                  "this view distance), per class (0: off; copies and a scan's neighbouring slices "
+                                  "are 0.03-0.05 apart)")
     ema: float = Field(0.0, ge=0, lt=1, description="momentum of an exponential moving average of the weights per step "
                        "(0: off); the average is the trained model, so early stopping is not used")
 

@@ -219,6 +219,38 @@ def test_cutmix_pastes_one_box_and_labels_by_area():
     np.testing.assert_allclose(soft[np.arange(8), np.arange(8) % 4] >= kept - 1e-6, True)
 
 
+def test_sample_weights_balance_classes_and_count_a_scans_neighbouring_slices_about_once():
+    from training.data import sample_weights
+
+    rng = np.random.default_rng(0)
+    scan = rng.random((1, 2, 8, 8)).astype(np.float32)
+    neighbours = scan + rng.normal(0, 0.005, (4, 2, 8, 8)).astype(np.float32)  # 4 slices of one scan
+    thumbnails = np.concatenate([neighbours, rng.random((3, 2, 8, 8)).astype(np.float32)])  # 3 scans seen once
+    labels = np.array([0, 0, 0, 0, 0, 2, 2])
+
+    plain = sample_weights(labels, thumbnails)
+    np.testing.assert_allclose(plain, [7 / (4 * 5)] * 5 + [7 / (4 * 2)] * 2, rtol=1e-6)  # N / (classes * count)
+
+    dense = sample_weights(labels, thumbnails, density_radius=0.05)
+    for weights in (plain, dense):  # every class weighs the same in total
+        np.testing.assert_allclose(weights[labels == 0].sum(), weights[labels == 2].sum(), rtol=1e-6)
+    np.testing.assert_allclose(dense[:4], dense[0])
+    np.testing.assert_allclose(dense[:4].sum(), dense[4], rtol=1e-6)  # the scan's 4 slices weigh as much as 1
+    np.testing.assert_allclose(dense[5:], plain[5:], rtol=1e-6)
+
+
+def test_training_batches_carry_the_loss_weights():
+    from lungct.config import TrainConfig
+    from training.data import make_dataset
+
+    images = np.arange(6, dtype=np.float32)[:, None, None, None] * np.ones((6, 4, 4, 1), np.float32)
+    weights = np.linspace(0.5, 3.0, 6).astype(np.float32)
+    recipe = TrainConfig(augment=False, mixup=0.2)
+    [(x, y, w)] = list(make_dataset(images, np.arange(6) % 4, 6, recipe, weights))
+    assert x.shape[0] == y.shape[0] == 6
+    np.testing.assert_allclose(np.sort(w.numpy()), weights)  # each slice's own weight, through mixup
+
+
 def test_study_options_train_save_and_load_back(samples_dir, tmp_path, monkeypatch):
     import keras
 
@@ -226,11 +258,12 @@ def test_study_options_train_save_and_load_back(samples_dir, tmp_path, monkeypat
     monkeypatch.setattr(keras.callbacks, "EarlyStopping", lambda **kw: stoppers.append(kw) or keras.callbacks.Callback())
     assert train.main(["--data", str(samples_dir), "--epochs", "2", "--width", "16", "--stages", "1", "--size", "32",
                        "--batch-size", "4", "--ema", "0.5", "--intensity", "equalize", "--stochastic-depth", "0.2",
-                       "--runs", str(tmp_path)]) == 0
+                       "--density-radius", "0.05", "--runs", str(tmp_path)]) == 0
     assert stoppers == [], "with EMA the averaged weights are the model: no early stopping"
     predictor = Predictor.from_store("lungct:latest")  # a model with StochasticDepth layers loads back
     info = predictor.info
-    assert (info.train.ema, info.preprocess.intensity, info.model.stochastic_depth) == (0.5, "equalize", 0.2)
+    assert (info.train.ema, info.preprocess.intensity, info.model.stochastic_depth, info.train.density_radius) == (
+        0.5, "equalize", 0.2, 0.05)
 
 
 def test_ensemble_training_saves_one_model_that_serves_and_explains(samples_dir, tmp_path, sample_files):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lungct.config import PreprocessConfig, TrainConfig
-from lungct.dataset import Sample, duplicate_groups, file_digest
+from lungct.dataset import Sample, duplicate_groups, file_digest, view_distances
 from lungct.decode import DecodeError, decode_image
 from lungct.labels import CLASSES
 from lungct.preprocess import lungs_box, preprocess, resize, shrink, stretch_contrast
@@ -103,10 +103,17 @@ def clean_training_set(data: LoadedSet) -> LoadedSet:
     return data.subset(np.array(keep))
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(labels, minlength=len(CLASSES)).astype(float)
-    weights = counts.sum() / (len(CLASSES) * np.maximum(counts, 1))
-    return {i: float(w) for i, w in enumerate(weights)}
+def sample_weights(labels: np.ndarray, thumbnails: np.ndarray, density_radius: float = 0.0) -> np.ndarray:
+    """Loss weight per training slice, mean 1, every class weighing the same in total. With a density
+    radius, within its class each slice weighs 1 / (slices of the set, any class, within that view distance,
+    itself included): a scan exported as many neighbouring slices counts about as much as a slice whose
+    scan appears once, instead of teaching the class as "looks like that scan"."""
+    if density_radius > 0:
+        raw = 1.0 / np.array([(view_distances(thumbnails, i) < density_radius).sum() for i in range(len(labels))])
+    else:
+        raw = np.ones(len(labels))
+    totals = np.bincount(labels, weights=raw, minlength=len(CLASSES))
+    return (raw * len(labels) / (len(CLASSES) * totals[labels])).astype(np.float32)
 
 
 def augmenter(seed: int, strength: float = 1.0):
@@ -193,24 +200,28 @@ def appearance(images, blur: float, gamma: float):
     return images
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, recipe: TrainConfig | None = None):
+def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, recipe: TrainConfig | None = None,
+                 weights: np.ndarray | None = None):
     """A tf.data pipeline of (image, one-hot label) batches. Without a recipe, the slices in order; with one,
-    shuffled training batches with the recipe's augmentation, appearance changes, then mixup and cutmix."""
+    shuffled training batches of (image, label, loss weight: `weights`, 1 when None) with the recipe's
+    augmentation, appearance changes, then mixup and cutmix."""
     import tensorflow as tf
 
     one_hot = np.eye(len(CLASSES), dtype=np.float32)[labels]
-    ds = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), one_hot))
     if recipe is None:
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return tf.data.Dataset.from_tensor_slices((images.astype(np.float32), one_hot)).batch(batch_size).prefetch(
+            tf.data.AUTOTUNE)
+    weights = np.ones(len(labels), np.float32) if weights is None else weights.astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), one_hot, weights))
     ds = ds.shuffle(len(images), seed=recipe.seed, reshuffle_each_iteration=True).batch(batch_size)
     if recipe.augment:
         aug = augmenter(recipe.seed, recipe.augment_strength)
-        ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
+        ds = ds.map(lambda x, y, w: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y, w),
                     num_parallel_calls=tf.data.AUTOTUNE)
     if recipe.blur > 0 or recipe.gamma > 0:
-        ds = ds.map(lambda x, y: (appearance(x, recipe.blur, recipe.gamma), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, w: (appearance(x, recipe.blur, recipe.gamma), y, w), num_parallel_calls=tf.data.AUTOTUNE)
     if recipe.mixup > 0:
-        ds = ds.map(lambda x, y: mixup(x, y, recipe.mixup), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, w: (*mixup(x, y, recipe.mixup), w), num_parallel_calls=tf.data.AUTOTUNE)
     if recipe.cutmix > 0:
-        ds = ds.map(lambda x, y: cutmix(x, y, recipe.cutmix), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, w: (*cutmix(x, y, recipe.cutmix), w), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

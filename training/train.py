@@ -18,7 +18,7 @@ from lungct.labels import CLASSES
 from lungct.metrics import classification_report, cv_summary, format_report
 from lungct.predictor import softmax
 from lungct.store import ModelInfo, framework_versions, save_to_store, stamp
-from training.data import LoadedSet, class_weights, clean_training_set, concat, load_set, make_dataset
+from training.data import LoadedSet, clean_training_set, concat, load_set, make_dataset, sample_weights
 
 log = logging.getLogger("lungct.training")
 
@@ -124,8 +124,9 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
             monitor="val_accuracy", mode="max", patience=tcfg.patience, restore_best_weights=True,
             start_from_epoch=tcfg.epochs // 2))
     history = model.fit(
-        make_dataset(train.images, train.labels, tcfg.batch_size, tcfg),
-        validation_data=val_ds, epochs=tcfg.epochs, class_weight=class_weights(train.labels),
+        make_dataset(train.images, train.labels, tcfg.batch_size, tcfg,
+                     sample_weights(train.labels, train.thumbnails, tcfg.density_radius)),
+        validation_data=val_ds, epochs=tcfg.epochs,
         callbacks=callbacks, verbose=1,
     )
     if tcfg.ema:
