@@ -63,6 +63,8 @@ class TrainConfig(_Frozen):
     augment_strength: float = Field(1.0, gt=0, description="scales rotation, zoom, shift and contrast ranges")
     blur: float = Field(0.0, ge=0, le=4, description="largest Gaussian blur sigma in input pixels, drawn per slice (0: off)")
     gamma: float = Field(0.0, ge=0, le=1, description="gamma curve x ** exp(U(-g, g)) per slice (0: off)")
+    saturate: float = Field(0.0, ge=0, lt=1, description="per slice, intensities above a white level ~ U(1 - s, 1) "
+                            "saturate, as a narrower (lung) window shows soft tissue white (0: off)")
     mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) concentration; 0 turns mixup off")
     cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a) concentration; 0 turns cutmix off")
     density_radius: float = Field(0.0, ge=0, description="weigh each training slice by 1 / (training slices within "

@@ -258,12 +258,12 @@ def test_study_options_train_save_and_load_back(samples_dir, tmp_path, monkeypat
     monkeypatch.setattr(keras.callbacks, "EarlyStopping", lambda **kw: stoppers.append(kw) or keras.callbacks.Callback())
     assert train.main(["--data", str(samples_dir), "--epochs", "2", "--width", "16", "--stages", "1", "--size", "32",
                        "--batch-size", "4", "--ema", "0.5", "--intensity", "equalize", "--stochastic-depth", "0.2",
-                       "--density-radius", "0.05", "--runs", str(tmp_path)]) == 0
+                       "--density-radius", "0.05", "--saturate", "0.2", "--runs", str(tmp_path)]) == 0
     assert stoppers == [], "with EMA the averaged weights are the model: no early stopping"
     predictor = Predictor.from_store("lungct:latest")  # a model with StochasticDepth layers loads back
     info = predictor.info
-    assert (info.train.ema, info.preprocess.intensity, info.model.stochastic_depth, info.train.density_radius) == (
-        0.5, "equalize", 0.2, 0.05)
+    assert (info.train.ema, info.preprocess.intensity, info.model.stochastic_depth, info.train.density_radius,
+            info.train.saturate) == (0.5, "equalize", 0.2, 0.05, 0.2)
 
 
 def test_ensemble_training_saves_one_model_that_serves_and_explains(samples_dir, tmp_path, sample_files):
@@ -303,7 +303,7 @@ def test_batch_norm_recalibration_matches_the_weights_statistics():
     np.testing.assert_allclose(np.asarray(model(images, training=False)), population, atol=1e-3)
 
 
-def test_appearance_blurs_each_slice_by_its_own_amount_and_keeps_intensity_order():
+def test_appearance_blurs_curves_and_saturates_each_slice_by_its_own_amount():
     import tensorflow as tf
 
     from training.data import appearance
@@ -324,6 +324,10 @@ def test_appearance_blurs_each_slice_by_its_own_amount_and_keeps_intensity_order
     np.testing.assert_allclose(curved[:, :, [0, -1]], ramp[:, :, [0, -1]], atol=1e-6)  # black and white stay
     exponents = np.log(curved[:, 0, 16, 0]) / np.log(ramp[0, 0, 16, 0])
     assert np.exp(-0.5) - 1e-4 <= exponents.min() < exponents.max() <= np.exp(0.5) + 1e-4
+    saturated = appearance(tf.constant(ramp), 0.0, 0.0, 0.3).numpy()[:, 0, :, 0]
+    white = ramp[0, 0, 8, 0] / saturated[:, 8]  # each slice's own white level
+    assert 0.7 - 1e-4 <= white.min() < white.max() <= 1.0 + 1e-4
+    np.testing.assert_allclose(saturated, np.minimum(ramp[:, 0, :, 0] / white[:, None], 1.0), atol=1e-5)
 
 
 def test_stopped_cross_validation_resumes_at_its_first_unfinished_fold(samples_dir, tmp_path, monkeypatch, capsys):

@@ -177,12 +177,16 @@ def cutmix(images, labels, alpha: float):
     return mixed, _blend_labels(labels, partner, 1 - tf.reduce_mean(box, axis=[1, 2, 3]))
 
 
-def appearance(images, blur: float, gamma: float):
-    """Per slice, a Gaussian blur of sigma ~ U(0, blur) pixels and a gamma curve x ** exp(U(-gamma, gamma)):
-    how sharp a slice's source was and how it was windowed stop being cues for its class."""
+def appearance(images, blur: float, gamma: float, saturate: float = 0.0):
+    """Per slice, a white level ~ U(1 - saturate, 1) above which intensities saturate (soft tissue turns
+    white, as in a narrower lung window), a gamma curve x ** exp(U(-gamma, gamma)) and a Gaussian blur of
+    sigma ~ U(0, blur) pixels: how a slice's source windowed it and how sharp it was stop being cues."""
     import tensorflow as tf
 
     n = tf.shape(images)[0]
+    if saturate > 0:
+        white = 1.0 - tf.random.uniform([n], 0.0, saturate)
+        images = tf.minimum(images / white[:, None, None, None], 1.0)
     if gamma > 0:
         exponent = tf.exp(tf.random.uniform([n], -gamma, gamma))
         images = tf.pow(tf.maximum(images, 0.0), exponent[:, None, None, None])
@@ -218,8 +222,9 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, recipe
         aug = augmenter(recipe.seed, recipe.augment_strength)
         ds = ds.map(lambda x, y, w: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y, w),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    if recipe.blur > 0 or recipe.gamma > 0:
-        ds = ds.map(lambda x, y, w: (appearance(x, recipe.blur, recipe.gamma), y, w), num_parallel_calls=tf.data.AUTOTUNE)
+    if recipe.blur > 0 or recipe.gamma > 0 or recipe.saturate > 0:
+        ds = ds.map(lambda x, y, w: (appearance(x, recipe.blur, recipe.gamma, recipe.saturate), y, w),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     if recipe.mixup > 0:
         ds = ds.map(lambda x, y, w: (*mixup(x, y, recipe.mixup), w), num_parallel_calls=tf.data.AUTOTUNE)
     if recipe.cutmix > 0:
