@@ -139,6 +139,7 @@ def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp
     assert groups["all"]["n"] == len(oof["labels"]) and groups["all"]["leaked"] == 0  # today's folds keep groups whole
     assert sum(band["n"] for band in report["distance"]) == len(oof["labels"])
     assert report["distance"][0]["n"] == 0  # no slice had a near duplicate (distance < 0.03) in its training folds
+    assert sum(row["n"] for row in report["series"]) == len(oof["labels"])
     fewer = tmp_path / "fewer"
     shutil.copytree(samples_dir, fewer)
     next(fewer.glob("normal/*")).unlink()
@@ -168,6 +169,20 @@ def test_distance_to_the_training_folds_and_accuracy_by_band():
     bands = fold_leak.distance_report(distance, labels, predicted, [0.05, 0.2])
     assert [(b["low"], b["high"], b["n"], b["accuracy"]) for b in bands] == [(0.0, 0.05, 2, 1.0), (0.05, 0.2, 2, 0.5), (0.2, None, 1, 0.0)]
     assert [(b["n_tumour"], b["accuracy_tumour"]) for b in bands] == [(1, 1.0), (2, 0.5), (1, 0.0)]  # slice 1 is normal
+
+
+def test_series_of_file_names_and_their_accuracy_and_brightness():
+    series = fold_leak.series_of(["000108 (3).png", "12 - Copy.png", "ad12.png", "sq3.png"])
+    np.testing.assert_array_equal(series, ["numbered", "numbered", "other", "other"])
+    images = np.zeros((4, 4, 4, 1), np.float32)
+    images[:2, :2] = 0.6          # numbered slices: body at 0.6 (the rest is background, left out)
+    images[2:, :2] = 0.9          # other names: body at 0.9
+    labels, predicted = np.array([0, 0, 0, 3]), np.array([0, 2, 2, 3])
+    rows = fold_leak.series_report(series, labels, predicted, images)
+    assert [(r["series"], r["class"], r["n"], r["accuracy"], r["called_normal"]) for r in rows] == [
+        ("numbered", "adenocarcinoma", 2, 0.5, 1), ("other", "adenocarcinoma", 1, 0.0, 1),
+        ("other", "squamous.cell.carcinoma", 1, 1.0, 0)]
+    assert [round(r["body_p90"], 4) for r in rows] == [0.6, 0.9, 0.9]
 
 
 def test_ensemble_refuses_runs_on_other_folds(tmp_path):
