@@ -130,6 +130,11 @@ behind this model are in README.md ("Model studies").
   to a normal slice's size does not change the prediction.
 - Many duplicates: the normal class holds few distinct slices, so a normal slice unlike those seen in
   training is easily called a tumour (the normal column of the per-fold recall above).
+- Windowing: most tumour slices come from one numbered series exported with a wider window (soft tissue
+  grey) than the normal slices and the few tumour files of other origin (soft tissue near white). Tumour
+  slices windowed like the normal ones are often called normal (the `training.fold_leak` command above
+  prints accuracy, calls of normal and body brightness per series; README.md "How far CV is from new
+  scans").
 - One 2-D slice at a time, no volume context; Grad-CAM (`/explain`) shows where the evidence lies but
   is not a localisation.
 
