@@ -20,6 +20,8 @@ class PreprocessConfig(_Frozen):
     crop_to: Literal["body", "lungs"] = Field(
         "body", description="crop to the body, or to the lungs' box (the air the body encloses) widened by lung_margin")
     lung_margin: float = Field(0.1, ge=0, le=1, description="margin around the lungs' box, as a share of its longer side")
+    keep_aspect: bool = Field(True, description="resize the crop keeping its aspect ratio, padded with black; off: "
+                              "stretch it to the square, so proportions and padding stop telling one export from another")
     foreground_threshold: float = Field(0.1, gt=0, lt=1, description="intensity that counts as body")
     low_percentile: float = Field(0.5, ge=0, lt=50)
     high_percentile: float = Field(99.5, gt=50, le=100)

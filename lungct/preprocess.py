@@ -103,13 +103,15 @@ class Framing:
 
 def framing(image: np.ndarray, config: PreprocessConfig) -> Framing:
     top, bottom, left, right = crop_box(image, config)
+    if not config.keep_aspect:
+        return Framing(top, bottom, left, right, config.size, config.size, 0, 0)
     scale = config.size / max(bottom - top, right - left)
     height, width = max(1, round((bottom - top) * scale)), max(1, round((right - left) * scale))
     return Framing(top, bottom, left, right, height, width, (config.size - height) // 2, (config.size - width) // 2)
 
 
 def fit_into_square(image: np.ndarray, frame: Framing, size: int) -> np.ndarray:
-    """Crop, resize keeping the aspect ratio, and centre on a black size x size canvas."""
+    """Crop, resize to the frame's height and width, and centre on a black size x size canvas."""
     out = np.zeros((size, size), dtype=np.float32)
     crop = image[frame.top : frame.bottom, frame.left : frame.right]
     out[frame.pad_top : frame.pad_top + frame.height, frame.pad_left : frame.pad_left + frame.width] = resize(

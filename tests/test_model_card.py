@@ -78,6 +78,14 @@ def test_card_names_the_models_crop():
     assert _crop(PreprocessConfig(crop_foreground=False, crop_to="lungs")) == "no crop"
 
 
+def test_card_names_how_the_crop_is_resized():
+    from lungct.config import PreprocessConfig
+    from training.model_card import _resize
+
+    assert _resize(PreprocessConfig()) == "resize keeping the aspect ratio onto a black 96x96 square"
+    assert _resize(PreprocessConfig(size=64, keep_aspect=False)) == "stretch to a 64x64 square (aspect ratio not kept)"
+
+
 def test_card_says_how_the_members_were_stopped(shipped_tag):
     from lungct.store import read_info
 

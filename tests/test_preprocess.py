@@ -80,6 +80,21 @@ def test_crop_to_lungs_frames_the_lungs_with_a_margin():
     assert out[:12].max() == 0.0  # the box is twice as wide as tall: black above and below
 
 
+def test_stretching_fills_the_square_and_maps_back_onto_the_crop():
+    from lungct.preprocess import framing, to_slice
+
+    image = _chest()                                           # body 160 rows x 260 columns
+    kept = preprocess(image, PreprocessConfig(size=64))[..., 0]
+    assert kept[:10].max() == 0.0                              # padded above: the body is wider than tall
+    config = PreprocessConfig(size=64, keep_aspect=False)
+    stretched = preprocess(image, config)[..., 0]
+    assert stretched[0].min() > 0 and stretched[-1].min() > 0  # the body reaches every side
+    assert stretched[32, 20] < 0.3 and stretched[32, 32] > 0.5  # a lung, then the body between the lungs
+    frame = framing(image, config)
+    back = to_slice(np.ones((64, 64), np.float32), frame, image.shape)
+    assert back[20:180, 20:280].min() == 1.0 and back.sum() == 160 * 260   # exactly the crop
+
+
 def test_crop_to_lungs_falls_back_to_the_body_without_lungs():
     from lungct.preprocess import crop_box
 

@@ -41,6 +41,13 @@ def _crop(config: PreprocessConfig) -> str:
     return "crop to the body"
 
 
+def _resize(config: PreprocessConfig) -> str:
+    square = f"{config.size}x{config.size}"
+    if config.keep_aspect:
+        return f"resize keeping the aspect ratio onto a black {square} square"
+    return f"stretch to a {square} square (aspect ratio not kept)"
+
+
 def _stopping(info: ModelInfo) -> tuple[str, str]:
     """How the members' length was set, and what that means for the valid figures."""
     if info.train.stops_early:
@@ -91,8 +98,8 @@ dropped. The official test split (315 slices, tumour slices from other scans) wa
 anything. Training-set fingerprint: `{info.data_fingerprint[:16]}…`.
 
 ## Preprocessing (stored in the model's metadata; serving re-reads it)
-Decode by content (PNG, JPEG, DICOM with a lung window), greyscale, {_crop(info.preprocess)}, resize keeping
-the aspect ratio onto a black {info.preprocess.size}x{info.preprocess.size} square, {_intensity(info.preprocess)}.
+Decode by content (PNG, JPEG, DICOM with a lung window), greyscale, {_crop(info.preprocess)},
+{_resize(info.preprocess)}, {_intensity(info.preprocess)}.
 
 ## Model and training
 {_architecture(info)} from scratch: {info.model.model_dump()}.
