@@ -20,8 +20,7 @@ log = logging.getLogger("lungct.training")
 # Near duplicates are found on one fixed framing, whatever a run's preprocessing or the recipe's defaults, so
 # that every CV run, today's and later ones, is scored on the same folds (the 128-pixel framing they were made on).
 GROUPING = PreprocessConfig(size=128, crop_foreground=True, crop_to="body", keep_aspect=True, foreground_threshold=0.1,
-                            low_percentile=0.5,
-                            high_percentile=99.5, intensity="percentile")
+                            low_percentile=0.5, high_percentile=99.5, intensity="percentile")
 THUMBNAIL = 16
 
 

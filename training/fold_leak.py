@@ -86,8 +86,8 @@ def series_report(series: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
             pick = (series == name) & (labels == k)
             if not pick.any():
                 continue
-            pixels = images[pick][images[pick] > body_above]
-            p75, p90 = np.quantile(pixels, [0.75, 0.9])
+            chosen = images[pick]
+            p75, p90 = np.quantile(chosen[chosen > body_above], [0.75, 0.9])
             rows.append({"series": name, "class": label, "n": int(pick.sum()),
                          "accuracy": float((predicted[pick] == k).mean()),
                          "called_normal": int((predicted[pick] == CLASSES.index("normal")).sum()),
