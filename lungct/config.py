@@ -72,6 +72,9 @@ class TrainConfig(_Frozen):
     density_radius: float = Field(0.0, ge=0, description="weigh each training slice by 1 / (training slices within "
                                   "this view distance), per class (0: off; copies and a scan's neighbouring slices "
                                   "are 0.03-0.05 apart)")
+    series_balance: float = Field(0.0, ge=0, le=1, description="divide each training slice's weight by (slices of its "
+                                  "class and file series, numbered or otherwise named) ** this (0: off; 1: each "
+                                  "series of a class weighs the same)")
     ema: float = Field(0.0, ge=0, lt=1, description="momentum of an exponential moving average of the weights per step "
                        "(0: off); the average is the trained model, so early stopping is not used")
 

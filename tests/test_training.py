@@ -254,6 +254,25 @@ def test_sample_weights_balance_classes_and_count_a_scans_neighbouring_slices_ab
     np.testing.assert_allclose(dense[5:], plain[5:], rtol=1e-6)
 
 
+def test_series_balance_gives_each_file_series_of_a_class_the_same_total_weight():
+    from training.data import sample_weights, series_of
+
+    names = ["000108 (3).png", "000109.png", "000110.png", "ad1.png", "12 - Copy.png", "n1.png"]
+    series = series_of(names)
+    assert list(series) == ["numbered"] * 3 + ["other", "numbered", "other"]
+    labels = np.array([0, 0, 0, 0, 2, 2])
+    thumbnails = np.zeros((6, 2, 8, 8), np.float32)
+
+    plain = sample_weights(labels, thumbnails, series=series)
+    np.testing.assert_allclose(plain, sample_weights(labels, thumbnails))  # balance 0: series do not matter
+    full = sample_weights(labels, thumbnails, series=series, series_balance=1.0)
+    np.testing.assert_allclose(full[:3].sum(), full[3], rtol=1e-6)  # 3 numbered weigh as much as 1 other
+    np.testing.assert_allclose(full[labels == 0].sum(), full[labels == 2].sum(), rtol=1e-6)
+    half = sample_weights(labels, thumbnails, series=series, series_balance=0.5)
+    np.testing.assert_allclose(half[3] / half[0], np.sqrt(3), rtol=1e-6)
+    np.testing.assert_allclose(half.sum(), plain.sum(), rtol=1e-6)  # the same total as without
+
+
 def test_training_batches_carry_the_loss_weights():
     from lungct.config import TrainConfig
     from training.data import make_dataset
@@ -273,12 +292,13 @@ def test_study_options_train_save_and_load_back(samples_dir, tmp_path, monkeypat
     monkeypatch.setattr(keras.callbacks, "EarlyStopping", lambda **kw: stoppers.append(kw) or keras.callbacks.Callback())
     assert train.main(["--data", str(samples_dir), "--epochs", "2", "--width", "16", "--stages", "1", "--size", "32",
                        "--batch-size", "4", "--ema", "0.5", "--intensity", "equalize", "--stochastic-depth", "0.2",
-                       "--density-radius", "0.05", "--saturate", "0.2", "--runs", str(tmp_path)]) == 0
+                       "--density-radius", "0.05", "--saturate", "0.2", "--series-balance", "0.5",
+                       "--runs", str(tmp_path)]) == 0
     assert stoppers == [], "with EMA the averaged weights are the model: no early stopping"
     predictor = Predictor.from_store("lungct:latest")  # a model with StochasticDepth layers loads back
     info = predictor.info
     assert (info.train.ema, info.preprocess.intensity, info.model.stochastic_depth, info.train.density_radius,
-            info.train.saturate) == (0.5, "equalize", 0.2, 0.05, 0.2)
+            info.train.saturate, info.train.series_balance) == (0.5, "equalize", 0.2, 0.05, 0.2, 0.5)
 
 
 def test_ensemble_training_saves_one_model_that_serves_and_explains(samples_dir, tmp_path, sample_files):

@@ -103,15 +103,27 @@ def clean_training_set(data: LoadedSet) -> LoadedSet:
     return data.subset(np.array(keep))
 
 
-def sample_weights(labels: np.ndarray, thumbnails: np.ndarray, density_radius: float = 0.0) -> np.ndarray:
+def series_of(names: list[str]) -> np.ndarray:
+    """"numbered" for files named by a number (the data set's main series), "other" for the rest."""
+    return np.array(["numbered" if name[:1].isdigit() else "other" for name in names])
+
+
+def sample_weights(labels: np.ndarray, thumbnails: np.ndarray, density_radius: float = 0.0,
+                   series: np.ndarray | None = None, series_balance: float = 0.0) -> np.ndarray:
     """Loss weight per training slice, mean 1, every class weighing the same in total. With a density
     radius, within its class each slice weighs 1 / (slices of the set, any class, within that view distance,
     itself included): a scan exported as many neighbouring slices counts about as much as a slice whose
-    scan appears once, instead of teaching the class as "looks like that scan"."""
+    scan appears once, instead of teaching the class as "looks like that scan". With a series balance p,
+    each slice's weight is also divided by (slices of its class and file series) ** p: at 1 every series
+    of a class weighs the same in total, so a class is not learnt as "looks like its largest series"."""
     if density_radius > 0:
         raw = 1.0 / np.array([(view_distances(thumbnails, i) < density_radius).sum() for i in range(len(labels))])
     else:
         raw = np.ones(len(labels))
+    if series_balance > 0:
+        cells = [f"{label}/{name}" for label, name in zip(labels, series)]
+        counts = {cell: cells.count(cell) for cell in set(cells)}
+        raw = raw / np.array([counts[cell] for cell in cells]) ** series_balance
     totals = np.bincount(labels, weights=raw, minlength=len(CLASSES))
     return (raw * len(labels) / (len(CLASSES) * totals[labels])).astype(np.float32)
 

@@ -27,7 +27,7 @@ import numpy as np
 from lungct.config import PreprocessConfig
 from lungct.dataset import DatasetError, view_distances
 from lungct.labels import CLASSES
-from training.data import concat
+from training.data import concat, series_of
 from training.ensemble_cv import load_members, run_recipe
 from training.train import load_splits
 
@@ -70,11 +70,6 @@ def distance_report(distance: np.ndarray, labels: np.ndarray, predicted: np.ndar
                      "accuracy": _accuracy(hits[band]), "n_tumour": int((band & tumour).sum()),
                      "accuracy_tumour": _accuracy(hits[band & tumour])})
     return rows
-
-
-def series_of(names: list[str]) -> np.ndarray:
-    """"numbered" for files named by a number (the data set's main series), "other" for the rest."""
-    return np.array(["numbered" if name[:1].isdigit() else "other" for name in names])
 
 
 def series_report(series: np.ndarray, labels: np.ndarray, predicted: np.ndarray, images: np.ndarray,

@@ -18,7 +18,8 @@ from lungct.labels import CLASSES
 from lungct.metrics import classification_report, cv_summary, format_report
 from lungct.predictor import softmax
 from lungct.store import ModelInfo, framework_versions, save_to_store, stamp
-from training.data import LoadedSet, clean_training_set, concat, load_set, make_dataset, sample_weights
+from training.data import (LoadedSet, clean_training_set, concat, load_set, make_dataset, sample_weights,
+                           series_of)
 
 log = logging.getLogger("lungct.training")
 
@@ -125,7 +126,8 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
             start_from_epoch=tcfg.epochs // 2))
     history = model.fit(
         make_dataset(train.images, train.labels, tcfg.batch_size, tcfg,
-                     sample_weights(train.labels, train.thumbnails, tcfg.density_radius)),
+                     sample_weights(train.labels, train.thumbnails, tcfg.density_radius,
+                                    series_of([s.path.name for s in train.samples]), tcfg.series_balance)),
         validation_data=val_ds, epochs=tcfg.epochs,
         callbacks=callbacks, verbose=1,
     )
