@@ -172,7 +172,9 @@ def test_distance_to_the_training_folds_and_accuracy_by_band():
 
 
 def test_series_of_file_names_and_their_accuracy_and_brightness():
-    series = fold_leak.series_of(["000108 (3).png", "12 - Copy.png", "ad12.png", "sq3.png"])
+    from training.data import series_of
+
+    series = series_of(["000108 (3).png", "12 - Copy.png", "ad12.png", "sq3.png"])
     np.testing.assert_array_equal(series, ["numbered", "numbered", "other", "other"])
     images = np.zeros((4, 4, 4, 1), np.float32)
     images[:2, :2] = 0.6          # numbered slices: body at 0.6 (the rest is background, left out)
