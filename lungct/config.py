@@ -61,6 +61,10 @@ class TrainConfig(_Frozen):
                           "half-way (0: off; all epochs are trained, as in cross-validation)")
     seed: int = 1337
     fold_seed: int = Field(1337, description="seed of data splits (grouped CV folds, hold-out), apart from the training seed")
+    scan_radius: float = Field(0.0, ge=0, lt=1, description="CV folds: beyond duplicates, also keep slices closer "
+                               "than this view distance together, nearest first, as slices of one scan (0: off; a "
+                               "scan's neighbouring slices are 0.03-0.05 apart)")
+    scan_cap: int = Field(25, ge=1, description="CV folds: most slices a group joined by scan_radius may hold")
     augment: bool = True
     augment_strength: float = Field(1.0, gt=0, description="scales rotation, zoom, shift and contrast ranges")
     blur: float = Field(0.0, ge=0, le=4, description="largest Gaussian blur sigma in input pixels, drawn per slice (0: off)")

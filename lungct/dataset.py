@@ -66,11 +66,28 @@ def fingerprint(samples: list[Sample]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _find(parent: list[int], i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
+class _UnionFind:
+    """Disjoint sets over 0..n-1 with their sizes. union(i, j) puts j's set under i's root, and ids() numbers
+    sets in order of their roots, so the same unions in the same order always give the same ids (and folds)."""
+
+    def __init__(self, n: int):
+        self.parent, self.size = list(range(n)), [1] * n
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            self.parent[b] = a
+            self.size[a] += self.size[b]
+
+    def ids(self) -> np.ndarray:
+        _, ids = np.unique([self.find(i) for i in range(len(self.parent))], return_inverse=True)
+        return ids
 
 
 def view_distances(thumbnails: np.ndarray, i: int) -> np.ndarray:
@@ -87,25 +104,43 @@ def duplicate_groups(digests: list[str], thumbnails: np.ndarray, max_mean_diff: 
     lung-cropped slice; two files are near duplicates when the mean absolute difference of any one view
     is below ``max_mean_diff``, so re-cropped, zoomed and re-saved copies of a slice land together.
     """
-    n = len(digests)
-    parent = list(range(n))
+    sets = _UnionFind(len(digests))
     first_by_digest: dict[str, int] = {}
     for i, digest in enumerate(digests):
-        j = first_by_digest.setdefault(digest, i)
-        parent[_find(parent, i)] = _find(parent, j)
-    for i in range(n):
-        close = np.flatnonzero(view_distances(thumbnails, i)[i + 1 :] < max_mean_diff) + i + 1
-        for j in close:
-            parent[_find(parent, int(j))] = _find(parent, i)
-    roots = [_find(parent, i) for i in range(n)]
-    _, ids = np.unique(roots, return_inverse=True)
-    return ids
+        sets.union(first_by_digest.setdefault(digest, i), i)
+    for i in range(len(digests)):
+        for j in np.flatnonzero(view_distances(thumbnails, i)[i + 1 :] < max_mean_diff) + i + 1:
+            sets.union(i, int(j))
+    return sets.ids()
+
+
+def scan_groups(groups: np.ndarray, thumbnails: np.ndarray, radius: float, cap: int) -> np.ndarray:
+    """``groups`` (such as duplicate_groups) grown towards whole scans: pairs of slices closer than view
+    distance ``radius`` join their groups, nearest pairs first, unless the joined group would hold more than
+    ``cap`` slices (a larger one is left as it is). Neighbouring slices of one scan are 0.03-0.05 apart, so
+    folds of these groups score slices mostly against other scans, as a held-back test of new scans does."""
+    n = len(groups)
+    sets = _UnionFind(n)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        for j in members[1:]:
+            sets.union(int(members[0]), int(j))
+    distance = np.stack([view_distances(thumbnails, i) for i in range(n)])
+    first, second = np.nonzero(np.triu(distance < radius, k=1))
+    for k in np.argsort(distance[first, second], kind="stable"):
+        a, b = sets.find(int(first[k])), sets.find(int(second[k]))
+        if a != b and sets.size[a] + sets.size[b] <= cap:
+            sets.union(a, b)
+    return sets.ids()
 
 
 def grouped_folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Assign each group to one of k folds, balancing class counts greedily (largest groups first)."""
     rng = np.random.default_rng(seed)
     unique = rng.permutation(np.unique(groups))
+    if len(unique) < k:
+        raise DatasetError(f"{k} folds need at least {k} groups of slices; the data has {len(unique)} "
+                           "(fewer folds, or a smaller scan radius or cap)")
     sizes = {g: np.bincount(labels[groups == g], minlength=len(CLASSES)) for g in unique}
     order = sorted(unique, key=lambda g: -sizes[g].sum())
     fold_counts = np.zeros((k, len(CLASSES)))

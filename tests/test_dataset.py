@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from lungct.dataset import DatasetError, duplicate_groups, grouped_folds, list_samples, resolve_split
+from lungct.dataset import (DatasetError, duplicate_groups, grouped_folds, list_samples, resolve_split, scan_groups,
+                            view_distances)
 
 
 def test_exact_and_near_duplicates_share_a_group():
@@ -47,7 +48,9 @@ def test_folds_never_split_a_group():
     assert set(folds) == set(range(5))
 
 
-def test_kaggle_duplicates_stay_in_one_fold(tmp_path):
+@pytest.fixture(scope="module")
+def kaggle_all():
+    """Kaggle train + valid, loaded as training loads them (32-pixel inputs: grouping does not depend on them)."""
     from lungct.config import PreprocessConfig
     from tests.conftest import KAGGLE
     from training.data import concat, load_set
@@ -55,7 +58,11 @@ def test_kaggle_duplicates_stay_in_one_fold(tmp_path):
     if not KAGGLE.is_dir():
         pytest.skip("../shared dataset not present")
     config = PreprocessConfig(size=32)
-    data = concat(load_set(list_samples(KAGGLE / "train"), config), load_set(list_samples(KAGGLE / "valid"), config))
+    return concat(load_set(list_samples(KAGGLE / "train"), config), load_set(list_samples(KAGGLE / "valid"), config))
+
+
+def test_kaggle_duplicates_stay_in_one_fold(kaggle_all):
+    data = kaggle_all
     folds = grouped_folds(data.groups(), data.labels, 5, seed=1337)
     by_digest: dict[str, set[int]] = {}
     for digest, fold in zip(data.digests, folds):
@@ -66,6 +73,44 @@ def test_kaggle_duplicates_stay_in_one_fold(tmp_path):
     groups = data.groups()
     for copies in (("13 (2).png", "13.png"), ("6 (2).png", "6 - Copy (2).png"), ("ad14.png", "ad4.png")):
         assert groups[names[copies[0]]] == groups[names[copies[1]]], f"re-cropped copies {copies} are not grouped"
+
+
+def _chain(steps: list[float]) -> np.ndarray:
+    """Thumbnails (N, 1, 4, 4) of slices each the next of ``steps`` (view distance) from the last, as a scan's
+    neighbouring slices are."""
+    return np.cumsum([0.0, *steps], dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 4, 4), np.float32)
+
+
+def test_scan_groups_join_nearest_slices_up_to_the_cap_and_never_split_duplicates():
+    # a scan of 6 slices (nearest pairs: 2-3, then 3-4, 0-1, 4-5, 1-2), another of 2 far away
+    thumbs = np.concatenate([_chain([0.040, 0.045, 0.030, 0.035, 0.041]), _chain([0.04]) + 5])
+    duplicates = np.array([0, 0, 1, 2, 3, 4, 5, 6])                  # slices 0 and 1 are copies
+    grown = scan_groups(duplicates, thumbs, radius=0.05, cap=3)
+    assert grown[0] == grown[1], "a duplicate group was split"
+    assert [list(np.flatnonzero(grown == g)) for g in np.unique(grown)] == [[0, 1], [2, 3, 4], [5], [6, 7]]
+    assert len(np.unique(scan_groups(duplicates, thumbs, radius=0.05, cap=8))) == 2
+    np.testing.assert_array_equal(scan_groups(duplicates, thumbs, radius=0.03, cap=8), duplicates)
+    big_copies = scan_groups(np.zeros(8, int), thumbs, radius=0.05, cap=3)
+    assert len(np.unique(big_copies)) == 1, "a duplicate group above the cap must stay whole"
+
+
+def test_scan_folds_put_a_scans_neighbouring_slices_in_one_fold(kaggle_all):
+    """With scan groups, far fewer tumour slices have a look-alike (view distance below 0.05) in the folds
+    they are scored against, and duplicates still never straddle folds."""
+    data = kaggle_all
+    tumour = np.flatnonzero(data.labels != 2)
+    distance = np.stack([view_distances(data.thumbnails, i) for i in tumour])
+
+    def near_in_other_folds(folds: np.ndarray) -> int:
+        return int(sum((d[folds != folds[i]] < 0.05).any() for d, i in zip(distance, tumour)))
+
+    duplicates = data.groups()
+    by_scan = data.groups(0.05, 25)
+    assert all(len(set(by_scan[duplicates == g])) == 1 for g in np.unique(duplicates))
+    assert np.bincount(by_scan).max() <= 25
+    before = near_in_other_folds(grouped_folds(duplicates, data.labels, 5, 1337))
+    after = near_in_other_folds(grouped_folds(by_scan, data.labels, 5, 1337))
+    assert after < before / 2, (before, after)
 
 
 def test_folds_do_not_depend_on_the_runs_preprocessing():

@@ -6,6 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
+from lungct.config import PreprocessConfig
+from lungct.dataset import grouped_folds
 from lungct.labels import CLASSES
 from lungct.metrics import cv_summary
 from lungct.predictor import Predictor
@@ -90,9 +92,9 @@ def test_evaluate_kaggle_root_with_split(shipped_tag, eval_dir, tmp_path):
 
 
 def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path, capsys):
-    code = train.main(["--data", str(samples_dir), "--cv", "2", "--epochs", "1", "--width", "16", "--stages", "1",
-                       "--size", "32", "--runs", str(tmp_path), "--no-save"])
-    assert code == 0
+    command = ["--data", str(samples_dir), "--cv", "2", "--epochs", "1", "--width", "16", "--stages", "1",
+               "--size", "32", "--runs", str(tmp_path), "--no-save", "--scan-radius", "0.5", "--scan-cap", "3"]
+    assert train.main(command) == 0
     out = capsys.readouterr().out
     assert "2-fold grouped CV: accuracy" in out and "±" in out
     metrics = json.loads(next(tmp_path.glob("*/metrics.json")).read_text())
@@ -101,6 +103,11 @@ def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path,
     assert sum(f["n"] for f in cv["folds"]) == 8
     assert cv["accuracy_std"] == pytest.approx(np.std([f["accuracy"] for f in cv["folds"]]))
     oof = np.load(next(tmp_path.glob("*/oof.npz")))
+    data = train.concat(*train.load_splits(samples_dir, PreprocessConfig(size=32), 1337))
+    scans = data.groups(0.5, 3)
+    assert len(np.unique(scans)) < len(np.unique(data.groups())), "the scan radius joined no slices: a weak test"
+    np.testing.assert_array_equal(oof["folds"], grouped_folds(scans, data.labels, 2, 1337))
+    assert cv["recipe"]["train"]["scan_radius"] == 0.5
     for fold, summary in enumerate(cv["folds"]):
         held = oof["folds"] == fold
         hits = oof["logits"][held].argmax(1) == oof["labels"][held]
@@ -108,6 +115,13 @@ def test_grouped_cross_validation_reports_mean_and_spread(samples_dir, tmp_path,
             of_class = oof["labels"][held] == index
             if of_class.any():
                 assert summary["recall"][name] == pytest.approx(hits[of_class].mean())
+
+
+def test_cross_validation_with_fewer_groups_than_folds_is_a_clear_error(samples_dir, tmp_path):
+    with pytest.raises(SystemExit, match="2 folds need at least 2 groups of slices; the data has 1"):
+        train.main(["--data", str(samples_dir), "--cv", "2", "--epochs", "1", "--size", "32", "--runs", str(tmp_path),
+                    "--no-save", "--scan-radius", "0.99", "--scan-cap", "100"])
+    assert not list(tmp_path.iterdir())
 
 
 def test_cv_only_runs_with_other_seeds_share_folds_and_ensemble(samples_dir, tmp_path, capsys):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lungct.config import PreprocessConfig, TrainConfig
-from lungct.dataset import Sample, duplicate_groups, file_digest, view_distances
+from lungct.dataset import Sample, duplicate_groups, file_digest, scan_groups, view_distances
 from lungct.decode import DecodeError, decode_image
 from lungct.labels import CLASSES
 from lungct.preprocess import lungs_box, preprocess, resize, shrink, stretch_contrast
@@ -54,8 +54,10 @@ class LoadedSet:
             self.thumbnails[index],
         )
 
-    def groups(self) -> np.ndarray:
-        return duplicate_groups(self.digests, self.thumbnails)
+    def groups(self, scan_radius: float = 0.0, scan_cap: int = 1) -> np.ndarray:
+        """Duplicate groups; with a scan radius, grown towards whole scans (lungct.dataset.scan_groups)."""
+        groups = duplicate_groups(self.digests, self.thumbnails)
+        return scan_groups(groups, self.thumbnails, scan_radius, scan_cap) if scan_radius > 0 else groups
 
 
 def load_set(samples: list[Sample], config: PreprocessConfig) -> LoadedSet:

@@ -149,13 +149,14 @@ def predict_logits(model, images: np.ndarray) -> np.ndarray:
 
 
 def cross_validate(data: LoadedSet, k: int, pcfg, mcfg, tcfg, run_dir: Path) -> dict:
-    """Grouped K-fold CV: duplicates and near duplicates always stay in one fold; fixed epochs, no early stopping.
+    """Grouped K-fold CV: duplicates and near duplicates always stay in one fold, and with a scan radius
+    most of a scan's neighbouring slices too; fixed epochs, no early stopping.
 
     The folds have their own seed, so runs with other training seeds are scored on the same folds;
     out-of-fold logits, and those of the mirrored slices, go to run_dir/oof.npz for ensemble and
     test-time augmentation studies (training.ensemble_cv). oof.npz is written after every fold, so a
     stopped run resumes (`--resume RUN`) at its first unfinished fold."""
-    folds = grouped_folds(data.groups(), data.labels, k, tcfg.fold_seed)
+    folds = grouped_folds(data.groups(tcfg.scan_radius, tcfg.scan_cap), data.labels, k, tcfg.fold_seed)
     recipe = {"preprocess": pcfg.model_dump(), "model": mcfg.model_dump(), "train": tcfg.model_dump()}
     state = resume_state(run_dir, recipe, folds, data)
     for fold in range(k):
@@ -225,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     skipped = train.skipped + valid.skipped
     metrics: dict = {}
     if args.cv:
-        metrics["cv"] = cross_validate(concat(train, valid), args.cv, pcfg, mcfg, tcfg, run_dir)
+        try:
+            metrics["cv"] = cross_validate(concat(train, valid), args.cv, pcfg, mcfg, tcfg, run_dir)
+        except DatasetError as exc:
+            raise SystemExit(f"error: {exc}") from exc
         if args.cv_only:
             (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             print(f"summary: cross-validation only, run {run_dir}")
