@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from training import model_card
+from training.ensemble_cv import ensemble_report
 
 
 def test_bootstrap_interval_brackets_the_point_estimate():
@@ -40,10 +41,35 @@ def test_ensemble_card_takes_cv_from_its_members_runs(tiny_ensemble, samples_dir
     assert re.search(r"Temperature scaling fitted on valid \(n = \d+\): T = \d\.\d{3}", card)
     with pytest.raises(SystemExit, match="seeds"):
         model_card.main([*args, "--cv-runs", str(runs[0])])
+    with pytest.raises(SystemExit, match="made with --scan-radius"):
+        model_card.main([*args, "--cv-runs", *map(str, runs), "--scan-cv-runs", *map(str, runs)])
     assert train.main([*recipe, "--cv", "2", "--cv-only", "--ensemble", "1", "--seed", "1338", "--mixup", "0.2",
                        "--runs", str(tmp_path / "other")]) == 0
     with pytest.raises(SystemExit, match="another recipe"):
         model_card.main([*args, "--cv-runs", str(runs[0]), str(next((tmp_path / "other").iterdir()))])
+
+
+def test_card_adds_cv_by_scan_from_the_members_scan_runs(tiny_ensemble, samples_dir, tmp_path):
+    from training import train
+
+    tag, runs, recipe = tiny_ensemble
+    scan_runs = []
+    for seed in (1337, 1338):
+        out_dir = tmp_path / str(seed)
+        assert train.main([*recipe, "--cv", "2", "--cv-only", "--ensemble", "1", "--seed", str(seed),
+                           "--scan-radius", "0.5", "--scan-cap", "3", "--runs", str(out_dir)]) == 0
+        scan_runs.append(next(out_dir.iterdir()))
+    out = tmp_path / "MODEL_CARD.md"
+    assert model_card.main(["--data", str(samples_dir), "--model", tag, "--out", str(out), "--cv-runs", *map(str, runs),
+                            "--scan-cv-runs", *map(str, scan_runs)]) == 0
+    card = out.read_text()
+    scan_cv = ensemble_report(scan_runs)["ensemble"]
+    assert re.search(r"2-fold grouped CV over train\+valid: accuracy", card)
+    assert (f"2-fold CV by scan over train+valid (duplicates, and slices closer than view distance 0.5 as one scan, "
+            f"groups of at most 3, kept in one fold): accuracy {scan_cv['accuracy_mean']:.3f} ± "
+            f"{scan_cv['accuracy_std']:.3f}") in card
+    assert "--cv-only --ensemble 1 --seed 1338 --scan-radius 0.5 --scan-cap 3" in card
+    assert f"--scan-cv-runs {scan_runs[0]} {scan_runs[1]}" in card
 
 
 def test_shipped_card_cv_figures_come_from_the_committed_member_runs(shipped_tag):

@@ -40,10 +40,11 @@ def run_recipe(run: Path) -> dict:
 
 
 def _recipe_key(preprocess: dict, model: dict, train: dict) -> tuple:
-    """A recipe up to member count, seed and early-stopping patience (CV folds always train all epochs, so a
-    run's patience never applied); fields a run predates take their defaults."""
+    """A recipe up to member count, seed, early-stopping patience (CV folds always train all epochs, so a
+    run's patience never applied) and the folds' scan grouping (which chooses folds, not the model); fields a
+    run predates take their defaults."""
     return (PreprocessConfig(**preprocess), ModelConfig(**model).model_copy(update={"ensemble": 1}),
-            TrainConfig(**train).model_copy(update={"seed": 0, "patience": 0}))
+            TrainConfig(**train).model_copy(update={"seed": 0, "patience": 0, "scan_radius": 0.0, "scan_cap": 1}))
 
 
 def check_members(info: ModelInfo, runs: list[Path]) -> None:

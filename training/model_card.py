@@ -1,8 +1,10 @@
-"""`python -m training.model_card --data DIR [--model TAG] [--cv-runs RUN ...] [--out models/MODEL_CARD.md]`: write the model card.
+"""`python -m training.model_card --data DIR [--model TAG] [--cv-runs RUN ...] [--scan-cv-runs RUN ...]
+[--out models/MODEL_CARD.md]`: write the model card.
 
 Every number comes from the stored metadata, from evaluating the model on DIR (bootstrap 95%
 intervals over the images, 2,000 resamples, seed 0) or, for an ensemble, from the cross-validation
-runs of its members (`--cv-runs`, one `training.train --cv K --cv-only --seed S` run per member).
+runs of its members (`--cv-runs`, one `training.train --cv K --cv-only --seed S` run per member; and
+`--scan-cv-runs`, the same with `--scan-radius R`: folds by scan).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from lungct.config import PreprocessConfig
 from lungct.metrics import classification_report
 from lungct.predictor import Predictor
 from lungct.store import SHIPPED_DIR, ModelInfo
-from training.ensemble_cv import check_members, ensemble_report
+from training.ensemble_cv import check_members, ensemble_report, run_recipe
 from training.evaluate import predict_files
 
 
@@ -59,32 +61,61 @@ def _stopping(info: ModelInfo) -> tuple[str, str]:
 def members_cv(info: ModelInfo, runs: list[Path]) -> dict:
     """Grouped CV of an ensemble from its members' CV runs, after checking they are its recipe and seeds."""
     check_members(info, runs)
-    return ensemble_report(runs)["ensemble"]
+    return {**ensemble_report(runs)["ensemble"], "recipe": run_recipe(runs[0])}
 
 
-def render(predictor: Predictor, data_dir: Path, cv_runs: list[Path] | None = None) -> str:
+def _by_scan(train: dict) -> bool:
+    return train.get("scan_radius", 0) > 0
+
+
+def _cv_text(cv: dict | None, runs: list[Path] | None) -> str:
+    """One CV result in words: folds, accuracy and macro-F1 over folds, and how the ensemble's was computed."""
+    if not cv:
+        return "not run for this model"
+    train = cv.get("recipe", {}).get("train", {})
+    kind = (f"CV by scan over train+valid (duplicates, and slices closer than view distance {train['scan_radius']:g} "
+            f"as one scan, groups of at most {train['scan_cap']}, kept in one fold)" if _by_scan(train)
+            else "grouped CV over train+valid")
+    folds = ", ".join(f"{fold['accuracy']:.3f}" for fold in cv["folds"])
+    text = (f"{cv['k']}-fold {kind}: accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_std']:.3f}, "
+            f"macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f} (mean ± standard deviation over folds; "
+            f"fold accuracies: {folds})")
+    if runs:
+        text += (f"; the members' out-of-fold logits averaged, from one CV run per member seed "
+                 f"(`python -m training.ensemble_cv {' '.join(map(str, runs))}`)")
+    return text
+
+
+def _cv_commands(info: ModelInfo, cv: dict, data: str) -> str:
+    """The training commands of an ensemble's members' CV runs."""
+    train = cv["recipe"]["train"]
+    flags = f" --scan-radius {train['scan_radius']:g} --scan-cap {train['scan_cap']}" if _by_scan(train) else ""
+    return "".join(f".venv/bin/python -m training.train --data {data} --cv {cv['k']} --cv-only --ensemble 1 --seed {seed}{flags}\n"
+                   for seed in range(info.train.seed, info.train.seed + info.model.ensemble))
+
+
+def render(predictor: Predictor, data_dir: Path, cv_runs: list[Path] | None = None,
+           scan_cv_runs: list[Path] | None = None) -> str:
     info = predictor.info
     labels, probabilities, _ = predict_files(predictor, data_dir)
     predicted = probabilities.argmax(axis=1)
     report = classification_report(labels, predicted)
     ci = bootstrap(labels, predicted)
     cv = members_cv(info, cv_runs) if cv_runs else info.metrics.get("cv")
+    scan_cv = members_cv(info, scan_cv_runs) if scan_cv_runs else None
+    if scan_cv and not _by_scan(scan_cv["recipe"]["train"]):
+        raise SystemExit("error: --scan-cv-runs takes CV runs made with --scan-radius")
     recall = "\n".join(f"| {name} | {row['recall']:.3f} | {row['precision']:.3f} | {row['support']} |"
                        for name, row in report["per_class"].items())
-    folds = ", ".join(f"{fold['accuracy']:.3f}" for fold in cv["folds"]) if cv else ""
-    cv_text = (f"{cv['k']}-fold grouped CV over train+valid: accuracy {cv['accuracy_mean']:.3f} ± {cv['accuracy_std']:.3f}, "
-               f"macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f} (mean ± standard deviation over folds; "
-               f"fold accuracies: {folds})" if cv else "not run for this model")
+    cv_text = _cv_text(cv, cv_runs)
+    if scan_cv:
+        cv_text += f".\n\nCross-validation by scan, the nearest this data comes to new scans: {_cv_text(scan_cv, scan_cv_runs)}"
     fold_recall = _fold_recall(cv) if cv else ""
     stopping, stopped_on_valid = _stopping(info)
     runs = " ".join(str(r) for r in cv_runs or [])
-    if cv_runs:
-        cv_text += (f"; the members' out-of-fold logits averaged, from one CV run per member seed "
-                    f"(`python -m training.ensemble_cv {runs}`)")
-    cv_flag = f" --cv-runs {runs}" if cv_runs else ""
+    flags = "".join(f" --{name} {' '.join(map(str, r))}" for name, r in (("cv-runs", cv_runs), ("scan-cv-runs", scan_cv_runs)) if r)
     data = "../shared/data/chest-ctscan-images/Data"
-    cv_commands = "".join(f".venv/bin/python -m training.train --data {data} --cv 5 --cv-only --ensemble 1 --seed {seed}\n"
-                          for seed in range(info.train.seed, info.train.seed + info.model.ensemble)) if cv_runs else ""
+    cv_commands = "".join(_cv_commands(info, c, data) for c, r in ((cv, cv_runs), (scan_cv, scan_cv_runs)) if r)
     return f"""# Model card: {predictor.tag}
 
 ## Intended use
@@ -149,7 +180,7 @@ behind this model are in README.md ("Model studies").
 ```bash
 make train                      # trains this recipe and saves it into the BentoML store (add --cv 5 for CV)
 {cv_commands}.venv/bin/python -m training.evaluate --data {data} --split valid --model {predictor.tag}
-.venv/bin/python -m training.model_card --data {data}/valid --model {predictor.tag}{cv_flag}
+.venv/bin/python -m training.model_card --data {data}/valid --model {predictor.tag}{flags}
 ```
 """
 
@@ -200,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder of class folders to evaluate on")
     p.add_argument("--model", default="lungct:latest")
     p.add_argument("--cv-runs", type=Path, nargs="+", help="CV run folders of an ensemble's members (seeds in order)")
+    p.add_argument("--scan-cv-runs", type=Path, nargs="+",
+                   help="CV runs of the members made with --scan-radius (folds by scan), reported beside --cv-runs")
     p.add_argument("--out", type=Path, default=SHIPPED_DIR / "MODEL_CARD.md")
     args = p.parse_args(argv)
-    args.out.write_text(render(Predictor.from_store(args.model), args.data, args.cv_runs))
+    args.out.write_text(render(Predictor.from_store(args.model), args.data, args.cv_runs, args.scan_cv_runs))
     print(f"wrote {args.out}")
     return 0
 
