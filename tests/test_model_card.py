@@ -84,6 +84,11 @@ def test_shipped_card_cv_figures_come_from_the_committed_member_runs(shipped_tag
     for index, fold in enumerate(cv["folds"], 1):
         assert f"| {index} | {fold['n']} | " + " | ".join(f"{r:.3f}" for r in fold["recall"].values()) + " |" in card
     assert shipped_tag in card
+    scan_cv = model_card.members_cv(info, sorted((SHIPPED_DIR / "cv-scan").iterdir()))
+    assert scan_cv["recipe"]["train"]["scan_radius"] > 0
+    assert (f"CV by scan over train+valid (duplicates, and slices closer than view distance "
+            f"{scan_cv['recipe']['train']['scan_radius']:g}") in card
+    assert f"accuracy {scan_cv['accuracy_mean']:.3f} ± {scan_cv['accuracy_std']:.3f}" in card
 
 
 def test_card_names_the_models_intensity_normalisation():

@@ -111,6 +111,8 @@ def render(predictor: Predictor, data_dir: Path, cv_runs: list[Path] | None = No
     if scan_cv:
         cv_text += f".\n\nCross-validation by scan, the nearest this data comes to new scans: {_cv_text(scan_cv, scan_cv_runs)}"
     fold_recall = _fold_recall(cv) if cv else ""
+    scan_note = (f": CV by scan, which keeps most of a scan's neighbouring slices in one fold, puts it at "
+                 f"{scan_cv['accuracy_mean']:.3f}" if scan_cv else "")
     stopping, stopped_on_valid = _stopping(info)
     runs = " ".join(str(r) for r in cv_runs or [])
     flags = "".join(f" --{name} {' '.join(map(str, r))}" for name, r in (("cv-runs", cv_runs), ("scan-cv-runs", scan_cv_runs)) if r)
@@ -156,8 +158,8 @@ Valid shares scans (and many near-duplicate slices) with train, {stopped_on_vali
 grouped CV (fixed epochs, exact and near duplicates kept in one fold) is the more honest estimate, yet
 neighbouring slices of one scan still fall into different folds, and tumour slices with no look-alike in
 their training folds are right far less often (`python -m training.fold_leak {runs or 'RUN'} --data {data}`;
-README.md "How far CV is from new scans"). Expect much lower accuracy on new scans. The recipe studies
-behind this model are in README.md ("Model studies").
+README.md "How far CV is from new scans"). Expect much lower accuracy on new scans{scan_note}. The recipe
+studies behind this model are in README.md ("Model studies").
 
 ## Calibration
 {_calibration(info)}
