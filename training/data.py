@@ -54,7 +54,7 @@ class LoadedSet:
             self.thumbnails[index],
         )
 
-    def groups(self, scan_radius: float = 0.0, scan_cap: int = 1) -> np.ndarray:
+    def groups(self, scan_radius: float = 0.0, scan_cap: int = TrainConfig().scan_cap) -> np.ndarray:
         """Duplicate groups; with a scan radius, grown towards whole scans (lungct.dataset.scan_groups)."""
         groups = duplicate_groups(self.digests, self.thumbnails)
         return scan_groups(groups, self.thumbnails, scan_radius, scan_cap) if scan_radius > 0 else groups
