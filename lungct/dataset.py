@@ -121,10 +121,9 @@ def scan_groups(groups: np.ndarray, thumbnails: np.ndarray, radius: float, cap: 
     folds of these groups score slices mostly against other scans, as a held-back test of new scans does."""
     n = len(groups)
     sets = _UnionFind(n)
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        for j in members[1:]:
-            sets.union(int(members[0]), int(j))
+    first_of_group: dict[int, int] = {}
+    for i, g in enumerate(groups):
+        sets.union(first_of_group.setdefault(int(g), i), i)
     distance = np.stack([view_distances(thumbnails, i) for i in range(n)])
     first, second = np.nonzero(np.triu(distance < radius, k=1))
     for k in np.argsort(distance[first, second], kind="stable"):

@@ -447,3 +447,5 @@ def test_cv_folds_are_those_of_the_committed_runs_whatever_the_input_size():
     with np.load(SHIPPED_DIR / "cv" / "seed1337" / "oof.npz") as committed:
         assert list(committed["digests"]) == data.digests
         np.testing.assert_array_equal(grouped_folds(data.groups(), data.labels, 5, 1337), committed["folds"])
+    with np.load(SHIPPED_DIR / "cv-scan" / "seed1337" / "oof.npz") as committed:
+        np.testing.assert_array_equal(grouped_folds(data.groups(0.05, 25), data.labels, 5, 1337), committed["folds"])
