@@ -400,6 +400,7 @@ def test_stopped_cross_validation_resumes_at_its_first_unfinished_fold(samples_d
     assert stopped["done"].tolist() == [True, False] and not (run / "metrics.json").exists()
     with pytest.raises(SystemExit, match="unfinished folds"):
         ensemble_cv.ensemble_report([run])
+    partial = ensemble_cv.ensemble_report([run], finished_folds=True)["ensemble"]
     with pytest.raises(SystemExit, match="another recipe"):
         train.main([*command, "--resume", str(run), "--epochs", "2"])
     capsys.readouterr()
@@ -413,6 +414,8 @@ def test_stopped_cross_validation_resumes_at_its_first_unfinished_fold(samples_d
     metrics = json.loads((run / "metrics.json").read_text())["cv"]
     assert metrics["k"] == 2 and metrics["recipe"]["train"]["epochs"] == 1
     assert ensemble_cv.ensemble_report([run])[str(run)] == {k: v for k, v in metrics.items() if k not in ("seconds", "recipe")}
+    assert partial["k"] == 1 and partial["folds"] == metrics["folds"][:1]  # the finished fold, scored before the resume
+    assert ensemble_cv.ensemble_report([run], finished_folds=True)["ensemble"]["k"] == 2
     with pytest.raises(SystemExit, match="needs --cv"):
         train.main(["--data", str(samples_dir), "--resume", str(tmp_path / "nothing")])
 

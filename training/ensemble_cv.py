@@ -4,6 +4,8 @@ Each RUN is a run folder of `training.train --cv K` (its oof.npz); the runs must
 Members' logits are averaged, as `--ensemble N` models do when served (lungct.model.average_ensemble). Prints per-run and
 ensemble accuracy and macro-F1 (mean ± std over folds), then the ensemble's recall per fold and class.
 `--mirror` scores test-time augmentation: each slice's logits averaged with its horizontal mirror's.
+`--finished-folds` scores stopped runs on the folds every run has finished (folds are trained in order, so
+these are folds 1..m); without it unfinished runs are refused.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from lungct.metrics import cv_summary
 from lungct.store import ModelInfo
 
 
-def load_oof(run: Path) -> dict[str, np.ndarray]:
+def load_oof(run: Path, finished_folds: bool = False) -> dict[str, np.ndarray]:
     path = run / "oof.npz"
     if not path.is_file():
         raise SystemExit(f"error: {path} not found: run `python -m training.train --cv K` first")
     with np.load(path) as data:
         oof = {key: data[key] for key in data.files}
-    if "done" in oof and not oof["done"].all():
-        raise SystemExit(f"error: {run} has unfinished folds: finish it with `python -m training.train ... --resume {run}`")
+    if not finished_folds and "done" in oof and not oof["done"].all():
+        raise SystemExit(f"error: {run} has unfinished folds: finish it with `python -m training.train ... --resume {run}`"
+                         " or score the finished ones with --finished-folds")
     return oof
 
 
@@ -69,19 +72,31 @@ def member_logits(member: dict[str, np.ndarray], run: Path, mirror: bool) -> np.
     return (member["logits"] + member["mirrored_logits"]) / 2
 
 
-def load_members(runs: list[Path], mirror: bool = False) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    """Each run's out-of-fold logits, and the labels, folds and digests they share (checked)."""
-    members = [load_oof(run) for run in runs]
+def finished_rows(members: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Which slices lie in a fold every run has finished (runs that predate `done` finished all folds)."""
+    folds = members[0]["folds"]
+    done = np.logical_and.reduce([member.get("done", np.ones(folds.max() + 1, bool)) for member in members])
+    return done[folds]
+
+
+def load_members(runs: list[Path], mirror: bool = False,
+                 finished_folds: bool = False) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Each run's out-of-fold logits, and the labels, folds and digests they share (checked); with
+    finished_folds, only the slices of folds that every run has finished."""
+    members = [load_oof(run, finished_folds) for run in runs]
     first = members[0]
     for run, member in zip(runs, members):
         if not (np.array_equal(member["folds"], first["folds"]) and np.array_equal(member["digests"], first["digests"])):
             raise SystemExit(f"error: {run} was cross-validated on other folds or data than {runs[0]}")
-    shared = {key: first[key] for key in ("labels", "folds", "digests")}
-    return [member_logits(member, run, mirror) for run, member in zip(runs, members)], shared
+    rows = finished_rows(members)
+    if not rows.any():
+        raise SystemExit("error: no fold is finished by every run")
+    shared = {key: first[key][rows] for key in ("labels", "folds", "digests")}
+    return [member_logits(member, run, mirror)[rows] for run, member in zip(runs, members)], shared
 
 
-def ensemble_report(runs: list[Path], mirror: bool = False) -> dict:
-    logits, shared = load_members(runs, mirror)
+def ensemble_report(runs: list[Path], mirror: bool = False, finished_folds: bool = False) -> dict:
+    logits, shared = load_members(runs, mirror, finished_folds)
     labels, folds = shared["labels"], shared["folds"]
     report = {str(run): cv_summary(l, labels, folds) for run, l in zip(runs, logits)}
     report["ensemble"] = cv_summary(np.mean(logits, axis=0), labels, folds)
@@ -93,14 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", type=Path, nargs="+", help="run folders with oof.npz")
     p.add_argument("--mirror", action="store_true",
                    help="test-time augmentation: average each slice's logits with its horizontal mirror's")
+    p.add_argument("--finished-folds", action="store_true",
+                   help="score stopped runs on the folds every run has finished")
     args = p.parse_args(argv)
-    report = ensemble_report(args.runs, args.mirror)
+    report = ensemble_report(args.runs, args.mirror, args.finished_folds)
     for name, score in report.items():
         print(f"{name}: accuracy {score['accuracy_mean']:.4f} ± {score['accuracy_std']:.4f}, "
               f"macro-F1 {score['macro_f1_mean']:.4f} ± {score['macro_f1_std']:.4f}")
     print("ensemble recall per fold (" + ", ".join(CLASSES) + "):")
     for index, fold in enumerate(report["ensemble"]["folds"], 1):
         print(f"  fold {index}: n {fold['n']}  " + "  ".join(f"{r:.3f}" for r in fold["recall"].values()))
+    folds = report["ensemble"]["folds"]
+    print(f"ensemble accuracy pooled over {len(folds)} folds: "
+          f"{sum(f['n'] * f['accuracy'] for f in folds) / sum(f['n'] for f in folds):.4f}")
     print(json.dumps(report))
     return 0
 
