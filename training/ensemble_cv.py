@@ -2,7 +2,8 @@
 
 Each RUN is a run folder of `training.train --cv K` (its oof.npz); the runs must share folds and data.
 Members' logits are averaged, as `--ensemble N` models do when served (lungct.model.average_ensemble). Prints per-run and
-ensemble accuracy and macro-F1 (mean ± std over folds), then the ensemble's recall per fold and class.
+ensemble accuracy and macro-F1 (mean ± std over folds), then the ensemble's accuracy per fold and recall per fold and class,
+and its accuracy pooled over the folds.
 `--mirror` scores test-time augmentation: each slice's logits averaged with its horizontal mirror's.
 `--finished-folds` scores stopped runs on the folds every run has finished (folds are trained in order, so
 these are folds 1..m); without it unfinished runs are refused.
@@ -115,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, score in report.items():
         print(f"{name}: accuracy {score['accuracy_mean']:.4f} ± {score['accuracy_std']:.4f}, "
               f"macro-F1 {score['macro_f1_mean']:.4f} ± {score['macro_f1_std']:.4f}")
-    print("ensemble recall per fold (" + ", ".join(CLASSES) + "):")
+    print("ensemble accuracy and recall per fold (" + ", ".join(CLASSES) + "):")
     for index, fold in enumerate(report["ensemble"]["folds"], 1):
-        print(f"  fold {index}: n {fold['n']}  " + "  ".join(f"{r:.3f}" for r in fold["recall"].values()))
+        print(f"  fold {index}: n {fold['n']}  accuracy {fold['accuracy']:.3f}  recall "
+              + "  ".join(f"{r:.3f}" for r in fold["recall"].values()))
     folds = report["ensemble"]["folds"]
     print(f"ensemble accuracy pooled over {len(folds)} folds: "
           f"{sum(f['n'] * f['accuracy'] for f in folds) / sum(f['n'] for f in folds):.4f}")
