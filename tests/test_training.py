@@ -452,3 +452,14 @@ def test_cv_folds_are_those_of_the_committed_runs_whatever_the_input_size():
         np.testing.assert_array_equal(grouped_folds(data.groups(), data.labels, 5, 1337), committed["folds"])
     with np.load(SHIPPED_DIR / "cv-scan" / "seed1337" / "oof.npz") as committed:
         np.testing.assert_array_equal(grouped_folds(data.groups(0.05, 25), data.labels, 5, 1337), committed["folds"])
+
+
+def test_ensemble_cv_prints_the_committed_members_pooled_accuracy(capsys):
+    """The pooled figure is the share of out-of-fold slices the averaged logits get right."""
+    from lungct.store import SHIPPED_DIR
+
+    runs = sorted((SHIPPED_DIR / "cv").iterdir())
+    assert ensemble_cv.main([str(run) for run in runs]) == 0
+    oofs = [np.load(run / "oof.npz") for run in runs]
+    right = np.mean([oof["logits"] for oof in oofs], axis=0).argmax(1) == oofs[0]["labels"]
+    assert f"ensemble accuracy pooled over 5 folds: {right.mean():.4f}" in capsys.readouterr().out
