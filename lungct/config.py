@@ -54,7 +54,7 @@ class TrainConfig(_Frozen):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(0.05, ge=0, description="decoupled (AdamW) weight decay")
     warmup_epochs: int = Field(3, ge=0)
     label_smoothing: float = Field(0.05, ge=0, lt=1)
     patience: int = Field(0, ge=0, description="early stopping on valid accuracy with this patience, counted from "
