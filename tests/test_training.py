@@ -401,6 +401,11 @@ def test_stopped_cross_validation_resumes_at_its_first_unfinished_fold(samples_d
     with pytest.raises(SystemExit, match="unfinished folds"):
         ensemble_cv.ensemble_report([run])
     partial = ensemble_cv.ensemble_report([run], finished_folds=True)["ensemble"]
+    unstarted = tmp_path / "unstarted"  # a run stopped in its first fold
+    unstarted.mkdir()
+    np.savez(unstarted / "oof.npz", **{**stopped, "done": np.zeros(2, bool)})
+    with pytest.raises(SystemExit, match="no fold is finished by every run"):
+        ensemble_cv.ensemble_report([run, unstarted], finished_folds=True)
     with pytest.raises(SystemExit, match="another recipe"):
         train.main([*command, "--resume", str(run), "--epochs", "2"])
     capsys.readouterr()
