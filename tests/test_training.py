@@ -1,7 +1,9 @@
 """A tiny real training run into a temporary BentoML store, loaded back, and the evaluator's JSON."""
 
+import itertools
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -468,3 +470,23 @@ def test_ensemble_cv_prints_the_committed_members_pooled_accuracy(capsys):
     oofs = [np.load(run / "oof.npz") for run in runs]
     right = np.mean([oof["logits"] for oof in oofs], axis=0).argmax(1) == oofs[0]["labels"]
     assert f"ensemble accuracy pooled over 5 folds: {right.mean():.4f}" in capsys.readouterr().out
+
+
+def test_ensemble_cv_subsets_score_every_ensemble_of_k_runs(capsys):
+    """Each subset scores as that ensemble alone does; the spread is over those scores."""
+    from lungct.store import SHIPPED_DIR
+
+    runs = sorted((SHIPPED_DIR / "cv").iterdir())
+    pairs = ensemble_cv.subsets_report(runs, 2)
+    assert [subset["runs"] for subset in pairs["subsets"]] == [[str(a), str(b)] for a, b in itertools.combinations(runs, 2)]
+    alone = [ensemble_cv.ensemble_report([Path(r) for r in subset["runs"]])["ensemble"] for subset in pairs["subsets"]]
+    assert [{k: v for k, v in s.items() if k != "runs"} for s in pairs["subsets"]] == alone
+    accuracies = [score["accuracy_mean"] for score in alone]
+    assert (pairs["accuracy_min"], pairs["accuracy_max"]) == (min(accuracies), max(accuracies))
+    assert pairs["accuracy_mean"] == pytest.approx(np.mean(accuracies))
+    assert ensemble_cv.subsets_report(runs, 3)["subsets"][0]["accuracy_mean"] == ensemble_cv.ensemble_report(runs)["ensemble"]["accuracy_mean"]
+    assert ensemble_cv.main(["--subsets", "2", *map(str, runs)]) == 0
+    assert f"2-member ensembles (3): accuracy {np.mean(accuracies):.4f} on average" in capsys.readouterr().out
+    for size in (0, 4):
+        with pytest.raises(SystemExit, match="needs between 1 and 3"):
+            ensemble_cv.subsets_report(runs, size)

@@ -7,11 +7,15 @@ and its accuracy pooled over the folds.
 `--mirror` scores test-time augmentation: each slice's logits averaged with its horizontal mirror's.
 `--finished-folds` scores stopped runs on the folds every run has finished (folds are trained in order, so
 these are folds 1..m); without it unfinished runs are refused.
+`--subsets K` scores every ensemble of K of the runs instead (in `itertools.combinations` order, so two arms given
+in the same seed order print paired lines) and their mean, lowest and highest accuracy and macro-F1: how much a
+K-member ensemble of a recipe depends on which seeds it drew.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -104,6 +108,30 @@ def ensemble_report(runs: list[Path], mirror: bool = False, finished_folds: bool
     return report
 
 
+def subsets_report(runs: list[Path], size: int, mirror: bool = False, finished_folds: bool = False) -> dict:
+    """Every ensemble of `size` of the runs: its members and CV summary, then the mean, lowest and highest
+    accuracy and macro-F1 (fold means) over those ensembles."""
+    if not 1 <= size <= len(runs):
+        raise SystemExit(f"error: --subsets {size} needs between 1 and {len(runs)} (the number of runs given)")
+    logits, shared = load_members(runs, mirror, finished_folds)
+    subsets = [{"runs": [str(runs[i]) for i in chosen],
+                **cv_summary(np.mean([logits[i] for i in chosen], axis=0), shared["labels"], shared["folds"])}
+               for chosen in itertools.combinations(range(len(runs)), size)]
+    spread = {f"{metric}_{stat}": float(fn([s[f"{metric}_mean"] for s in subsets]))
+              for metric in ("accuracy", "macro_f1") for stat, fn in (("mean", np.mean), ("min", np.min), ("max", np.max))}
+    return {"size": size, "subsets": subsets, **spread}
+
+
+def print_subsets(report: dict) -> None:
+    for subset in report["subsets"]:
+        print(" + ".join(subset["runs"]) + f": accuracy {subset['accuracy_mean']:.4f} ± {subset['accuracy_std']:.4f}, "
+              f"macro-F1 {subset['macro_f1_mean']:.4f} ± {subset['macro_f1_std']:.4f}")
+    print(f"{report['size']}-member ensembles ({len(report['subsets'])}): accuracy {report['accuracy_mean']:.4f} on average "
+          f"({report['accuracy_min']:.4f}-{report['accuracy_max']:.4f}), macro-F1 {report['macro_f1_mean']:.4f} "
+          f"({report['macro_f1_min']:.4f}-{report['macro_f1_max']:.4f})")
+    print(json.dumps(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("runs", type=Path, nargs="+", help="run folders with oof.npz")
@@ -111,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="test-time augmentation: average each slice's logits with its horizontal mirror's")
     p.add_argument("--finished-folds", action="store_true",
                    help="score stopped runs on the folds every run has finished")
+    p.add_argument("--subsets", type=int, metavar="K",
+                   help="score every ensemble of K of the runs and the spread of their scores")
     args = p.parse_args(argv)
+    if args.subsets is not None:
+        print_subsets(subsets_report(args.runs, args.subsets, args.mirror, args.finished_folds))
+        return 0
     report = ensemble_report(args.runs, args.mirror, args.finished_folds)
     for name, score in report.items():
         print(f"{name}: accuracy {score['accuracy_mean']:.4f} ± {score['accuracy_std']:.4f}, "
