@@ -160,8 +160,16 @@ class LungCT:
         on_sigterm(lambda: setattr(STOPPING, "set", True))
 
     async def __is_ready__(self) -> bool:
-        """Not ready while the model process is known to be down (it is restarted by BentoML) or this one stops."""
-        return self.model_up and not STOPPING.set
+        """Ready unless this process stops or the model process is down: known from a failed model
+        call, or its own /readyz does not answer 200 within `readiness_timeout_s` (a killed model
+        process is restarted by BentoML; until it has loaded, calls to it wait or fail)."""
+        return self.model_up and not STOPPING.set and await self._model_ready()
+
+    async def _model_ready(self) -> bool:
+        try:
+            return await self.model.is_ready(CONFIG.readiness_timeout_s)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
+            return False
 
     def _model_down(self) -> None:
         if self.model_up:
@@ -169,12 +177,7 @@ class LungCT:
             self._recovery = asyncio.create_task(self._await_model())
 
     async def _await_model(self) -> None:
-        while True:
-            try:
-                if await self.model.is_ready(2):
-                    break
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
-                pass
+        while not await self._model_ready():
             await asyncio.sleep(0.2)
         self.model_up = True
 

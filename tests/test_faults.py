@@ -55,13 +55,17 @@ class Load:
 
 def model_process(server: Server) -> psutil.Process:
     children = psutil.Process(server.proc.pid).children(recursive=True)
-    return next(p for p in children if "lungct-model" in " ".join(p.cmdline()))
+    return next(p for p in children if "--service-name lungct-model" in " ".join(p.cmdline()))
 
 
-def test_killed_model_process_recovers(shipped_tag, sample_files):
-    with Server(env={"LUNGCT_MODEL_TAG": shipped_tag}) as server, Load(server.url, sample_files) as traffic:
+@pytest.mark.parametrize("threads", [8, 0], ids=["under-load", "idle"])
+def test_killed_model_process_recovers(shipped_tag, sample_files, threads):
+    """/readyz says 503 (never 500 or a hang) from the kill until a new model process has loaded,
+    whether or not requests reveal the dead process; requests meanwhile get 503, never hang."""
+    with Server(env={"LUNGCT_MODEL_TAG": shipped_tag}) as server, Load(server.url, sample_files, threads) as traffic:
         time.sleep(2)
-        model_process(server).send_signal(signal.SIGKILL)
+        killed_process = model_process(server)
+        killed_process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         readiness = []
         deadline = killed + 180
@@ -75,8 +79,16 @@ def test_killed_model_process_recovers(shipped_tag, sample_files):
             time.sleep(0.3)
         recovered = time.monotonic()
         time.sleep(4)
-    assert 503 in readiness, f"/readyz never said not ready: {readiness}"
-    assert readiness[-1] == 200, f"the model process did not come back: {readiness[-5:]}"
+        context = f"killed {killed_process.pid}; /readyz: {readiness}\n{server.output()}"
+        assert not killed_process.is_running(), context
+        assert model_process(server).pid != killed_process.pid, context
+        after_kill = httpx.post(f"{server.url}/predict", files={"image": ("x.png", sample_files[0].read_bytes())}, timeout=60)
+    assert 503 in readiness, context
+    assert set(readiness) <= {200, 503}, context
+    assert readiness[-1] == 200, context
+    assert after_kill.status_code == 200, after_kill.text
+    if not threads:
+        return
     outcomes = Counter(outcome for _, _, outcome in traffic.log)
     assert set(outcomes) <= {200, 503}, outcomes
     assert outcomes[503] > 0
