@@ -56,8 +56,8 @@ def _create(tag: str, info: ModelInfo, labels: dict):
         yield bento_model
 
 
-def save_to_store(model, info: ModelInfo, version: str | None = None) -> str:
-    """Save a Keras model and its metadata as ``lungct:<version>``; returns the tag."""
+def save_to_store(model, info: ModelInfo, version: str | None = None, card: Path | None = None) -> str:
+    """Save a Keras model and its metadata (and its model card, when given) as ``lungct:<version>``; returns the tag."""
     tag = f"{MODEL_NAME}:{version}" if version else MODEL_NAME
     import keras
 
@@ -65,6 +65,8 @@ def save_to_store(model, info: ModelInfo, version: str | None = None) -> str:
     inference_only.set_weights(model.get_weights())
     with _create(tag, info, {"framework": "keras"}) as bento_model:
         inference_only.save(bento_model.path_of(WEIGHTS_FILE))
+        if card is not None:
+            shutil.copyfile(card, bento_model.path_of(CARD_FILE))
     return str(bento_model.tag)
 
 
@@ -141,20 +143,23 @@ def export_shipped(tag: str, folder: Path = SHIPPED_DIR) -> Path:
 
 
 def import_shipped(folder: Path = SHIPPED_DIR) -> str:
-    """Put the model committed under ``models/`` into the local store unless it is already there."""
+    """Put the model committed under ``models/`` into the local store unless it is already there,
+    with its model card beside the weights (bentos and images built from the store carry it)."""
     import bentoml
 
     from lungct.model import load_model
 
     metadata = json.loads((folder / METADATA_FILE).read_text())
     tag = metadata.pop("tag")
+    card = folder / CARD_FILE if (folder / CARD_FILE).is_file() else None
     try:
-        return str(bentoml.models.get(tag).tag)
+        stored = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
-        pass
-    info = ModelInfo.model_validate(metadata)
-    model = load_model(folder / WEIGHTS_FILE)
-    return save_to_store(model, info, version=tag.split(":", 1)[1])
+        model = load_model(folder / WEIGHTS_FILE)
+        return save_to_store(model, ModelInfo.model_validate(metadata), version=tag.split(":", 1)[1], card=card)
+    if card is not None and not Path(stored.path_of(CARD_FILE)).exists():  # imported before cards travelled
+        shutil.copyfile(card, stored.path_of(CARD_FILE))
+    return str(stored.tag)
 
 
 def stamp() -> str:

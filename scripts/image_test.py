@@ -8,7 +8,8 @@
    bentoml.SyncHTTPClient (predict and predict_batch): same classes, same model, probabilities
    equal to 1e-5;
 4. checks /metrics counted those requests, the health check, PID 1 (tini), the user (non-root)
-   and that no compiler toolchain or git is in the image;
+   that no compiler toolchain or git is in the image, and that the model's folder (weights,
+   metadata, model card) is there as in the store;
 5. stops the container (SIGTERM, 10 s before SIGKILL) and measures how long it took: must be < 10 s
    and without SIGKILL;
 6. exports the image with `podman save --format oci-archive` and inspects the archive with skopeo:
@@ -97,6 +98,14 @@ def request_total(url: str, endpoint: str) -> float:
     return total
 
 
+def stored_model(bento: str) -> tuple[str, list[str]]:
+    """The bento's model version and the files of its folder in the local store (model card included)."""
+    import bentoml
+
+    model = bentoml.models.get(bentoml.bentos.get(bento).info.all_models[0].tag)
+    return model.tag.version, sorted(os.listdir(model.path))
+
+
 def wait_ready(url: str, name: str, timeout: float = 300) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
@@ -163,6 +172,9 @@ def main() -> int:
         check(uid not in ("", "0"), f"service runs as uid {uid}")
         compilers = run("podman", "exec", name, "sh", "-c", "command -v gcc cc git || true").stdout.split()
         check(not compilers, f"no compiler toolchain or git in the image: {compilers}")
+        model_version, stored_files = stored_model(bento)
+        in_image = sorted(run("podman", "exec", name, "ls", f"/home/bentoml/bento/models/lungct/{model_version}").stdout.split())
+        check(in_image == stored_files, f"the image holds the model's folder as stored: {in_image}")
 
         # --- stop: SIGTERM, SIGKILL only after STOP_LIMIT_S
         t0 = time.perf_counter()

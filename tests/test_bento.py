@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from lungct.store import SHIPPED_DIR
 from tests.server import ROOT, Server
 
 BIN = Path(sys.executable).parent
@@ -24,6 +25,9 @@ def test_built_bento_serves(tmp_path, sample_files, shipped_tag):
     assert shipped_tag in bento_yaml, "the bento references the shipped model"
     assert (bento_dir / "src" / "lungct" / "preprocess.py").exists() and (bento_dir / "src" / "service.py").exists()
     assert not (bento_dir / "src" / "tests").exists()
+    stored = tmp_path / "home" / "models" / "lungct" / shipped_tag.split(":")[1]
+    assert (stored / "MODEL_CARD.md").read_text() == (SHIPPED_DIR / "MODEL_CARD.md").read_text(), \
+        "the model card sits beside the weights in the store (the bento's images copy that folder)"
 
     with Server(target="lungct:latest", env={"BENTOML_HOME": env["BENTOML_HOME"]}, cwd=tmp_path) as server:
         response = httpx.post(f"{server.url}/predict", files={"image": ("x.png", sample_files[0].read_bytes())},

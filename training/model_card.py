@@ -17,7 +17,7 @@ import numpy as np
 from lungct.config import PreprocessConfig
 from lungct.metrics import classification_report
 from lungct.predictor import Predictor
-from lungct.store import SHIPPED_DIR, ModelInfo
+from lungct.store import CARD_FILE, SHIPPED_DIR, ModelInfo
 from training.ensemble_cv import check_members, ensemble_report, run_recipe
 from training.evaluate import predict_files
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cv-runs", type=Path, nargs="+", help="CV run folders of an ensemble's members (seeds in order)")
     p.add_argument("--scan-cv-runs", type=Path, nargs="+",
                    help="CV runs of the members made with --scan-radius (folds by scan), reported beside --cv-runs")
-    p.add_argument("--out", type=Path, default=SHIPPED_DIR / "MODEL_CARD.md")
+    p.add_argument("--out", type=Path, default=SHIPPED_DIR / CARD_FILE)
     args = p.parse_args(argv)
     args.out.write_text(render(Predictor.from_store(args.model), args.data, args.cv_runs, args.scan_cv_runs))
     print(f"wrote {args.out}")
