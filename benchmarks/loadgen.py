@@ -8,7 +8,6 @@ httpx's CPU per request, which matters when the load generator shares two cores 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import secrets
 import time
@@ -127,10 +126,6 @@ async def run_load(base_url: str, files: list[Path], requests: int, concurrency:
 
 def load(base_url: str, files: list[Path], requests: int, concurrency: int, **kw) -> LoadResult:
     return asyncio.run(run_load(base_url, files, requests, concurrency, **kw))
-
-
-def cycle_files(folder: Path, limit: int = 64) -> list[Path]:
-    return list(itertools.islice(sorted(p for p in Path(folder).rglob("*") if p.is_file()), limit))
 
 
 ROOT = Path(__file__).resolve().parent.parent
