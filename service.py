@@ -136,7 +136,10 @@ class LungCTModel:
 
 
 @bentoml.asgi_app(info_app, path="/model")
-@bentoml.service(name="lungct", workers=CONFIG.front_workers, traffic={"timeout": CONFIG.request_timeout_s})
+# runner_probe off: __is_ready__ probes the model process itself and answers 503 (BentoML's probe
+# answers 500 after 5 s when the model process is down).
+@bentoml.service(name="lungct", workers=CONFIG.front_workers, traffic={"timeout": CONFIG.request_timeout_s},
+                 runner_probe={"enabled": False})
 class LungCT:
     """Classifies a chest CT slice as adenocarcinoma, large cell carcinoma, squamous cell carcinoma or normal.
 
