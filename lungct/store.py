@@ -56,8 +56,8 @@ def _create(tag: str, info: ModelInfo, labels: dict):
         yield bento_model
 
 
-def save_to_store(model, info: ModelInfo, version: str | None = None, card: Path | None = None) -> str:
-    """Save a Keras model and its metadata (and its model card, when given) as ``lungct:<version>``; returns the tag."""
+def save_to_store(model, info: ModelInfo, version: str | None = None) -> str:
+    """Save a Keras model and its metadata as ``lungct:<version>``; returns the tag."""
     tag = f"{MODEL_NAME}:{version}" if version else MODEL_NAME
     import keras
 
@@ -65,8 +65,6 @@ def save_to_store(model, info: ModelInfo, version: str | None = None, card: Path
     inference_only.set_weights(model.get_weights())
     with _create(tag, info, {"framework": "keras"}) as bento_model:
         inference_only.save(bento_model.path_of(WEIGHTS_FILE))
-        if card is not None:
-            shutil.copyfile(card, bento_model.path_of(CARD_FILE))
     return str(bento_model.tag)
 
 
@@ -151,13 +149,13 @@ def import_shipped(folder: Path = SHIPPED_DIR) -> str:
 
     metadata = json.loads((folder / METADATA_FILE).read_text())
     tag = metadata.pop("tag")
-    card = folder / CARD_FILE if (folder / CARD_FILE).is_file() else None
     try:
         stored = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         model = load_model(folder / WEIGHTS_FILE)
-        return save_to_store(model, ModelInfo.model_validate(metadata), version=tag.split(":", 1)[1], card=card)
-    if card is not None and not Path(stored.path_of(CARD_FILE)).exists():  # imported before cards travelled
+        stored = bentoml.models.get(save_to_store(model, ModelInfo.model_validate(metadata), version=tag.split(":", 1)[1]))
+    card = folder / CARD_FILE
+    if card.is_file() and not Path(stored.path_of(CARD_FILE)).exists():  # also for models imported before cards travelled
         shutil.copyfile(card, stored.path_of(CARD_FILE))
     return str(stored.tag)
 
