@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import signal
 from pathlib import Path
 
@@ -38,6 +39,7 @@ try:  # fail at start, in the serving CLI's own process, rather than restarting 
 except ModelMissingError as error:
     raise SystemExit(f"lungct: cannot serve: {error}") from error
 RESEARCH_ONLY = "Research use only, not for diagnosis."
+logger = logging.getLogger("bentoml.lungct")  # BentoML's log handlers and format
 STOPPING = Stopping()  # this process got SIGTERM
 
 
@@ -202,17 +204,26 @@ class LungCT:
         data = await anyio.Path(path).read_bytes()
         return await anyio.to_thread.run_sync(load_tensor, data, "upload", self.preprocess, self.decode, limiter=self.limiter)
 
-    async def _model_call(self, method: str, *args) -> np.ndarray:
+    async def _model_call(self, method: str, *args, resend: bool = True) -> np.ndarray:
         """Call the model process; Overloaded (503) when it is down, restarting or overloaded.
         /predict's `classify` calls come through the front's MicroBatcher and are batched again by
-        BentoML's adaptive batching in the model process."""
+        BentoML's adaptive batching in the model process.
+
+        A call whose connection closes under it is sent once more if the model process still answers
+        its /readyz (the model process closes idle keep-alive connections, and one may close just as it
+        is reused; model calls have no side effects); otherwise the model process is down."""
         if not self.model_up:
             raise Overloaded()
         try:
             return np.asarray(await getattr(self.model.to_async, method)(*args))
         except bentoml.exceptions.ServiceUnavailable as exc:
+            logger.warning("model process refused %s: %s", method, exc)
             raise Overloaded() from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
+            if resend and await self._model_ready():
+                logger.warning("model call %s lost its connection (%r); the model process answers: resending", method, exc)
+                return await self._model_call(method, *args, resend=False)
+            logger.warning("model call %s failed (%r); the model process is down: 503 until it answers", method, exc)
             self._model_down()
             raise Overloaded() from exc
 

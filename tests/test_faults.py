@@ -1,11 +1,14 @@
-"""Faults against real `bentoml serve` processes: a killed model process, a missing or corrupt
-model at start, SIGTERM under load, and uploads leaving nothing on disk."""
+"""Faults against real `bentoml serve` processes: a killed model process, model connections closed
+under requests, a missing or corrupt model at start, SIGTERM under load, and uploads leaving nothing
+on disk."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -56,6 +59,45 @@ class Load:
 def model_process(server: Server) -> psutil.Process:
     children = psutil.Process(server.proc.pid).children(recursive=True)
     return next(p for p in children if "--service-name lungct-model" in " ".join(p.cmdline()))
+
+
+def shut_down_connections(process: psutil.Process) -> int:
+    """Shut down every connection `process` has accepted on its UNIX socket (both ends see it closed;
+    the process lives on). The sockets are reached through pidfd_getfd(2). Returns how many."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(process.pid)
+    count = 0
+    try:
+        for conn in process.net_connections(kind="unix"):
+            fd = libc.syscall(438, pidfd, conn.fd, 0)  # SYS_pidfd_getfd
+            if fd < 0:
+                pytest.skip(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+            with socket.socket(fileno=fd) as sock:
+                if conn.laddr and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    sock.shutdown(socket.SHUT_RDWR)
+                    count += 1
+    finally:
+        os.close(pidfd)
+    return count
+
+
+def test_model_connections_closed_under_requests_cost_no_error(shipped_tag, sample_files):
+    """A connection to the model process that closes under a call (as when an idle keep-alive
+    connection is closed just as it is reused) while the model process lives: the call is sent again,
+    the client sees no error."""
+    with Server(env={"LUNGCT_MODEL_TAG": shipped_tag}) as server, Load(server.url, sample_files, 8) as traffic:
+        time.sleep(2)
+        closed = 0
+        for _ in range(20):
+            closed += shut_down_connections(model_process(server))
+            time.sleep(0.25)
+        time.sleep(1)
+        log = server.log_path.read_text(errors="replace")
+    outcomes = Counter(outcome for _, _, outcome in traffic.log)
+    assert closed > 0
+    assert set(outcomes) == {200}, f"{outcomes}\n{log[-5000:]}"
+    assert "lost its connection" in log, "no call was caught by a closing connection: the test proved nothing"
+    assert "is down" not in log and "Traceback" not in log, log[-5000:]
 
 
 @pytest.mark.parametrize("threads", [8, 0], ids=["under-load", "idle"])

@@ -204,6 +204,6 @@ def test_concurrent_requests_share_model_calls(server, sample_files):
 def test_thousand_requests_at_concurrency_64_without_errors(server, sample_files):
     """bentoml issue 5540 (self-client session rebuilt every 100 calls) must not bite."""
     result = load(server.url, sample_files, requests=1000, concurrency=64)
-    assert result.error_count == 0, (result.statuses, result.errors[:5])
+    assert result.error_count == 0, (result.statuses, result.errors[:5], server.output())
     assert result.statuses[200] == 1000
     assert re.search(r"Traceback", server.output()) is None
