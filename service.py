@@ -204,14 +204,15 @@ class LungCT:
         data = await anyio.Path(path).read_bytes()
         return await anyio.to_thread.run_sync(load_tensor, data, "upload", self.preprocess, self.decode, limiter=self.limiter)
 
-    async def _model_call(self, method: str, *args, resend: bool = True) -> np.ndarray:
+    async def _model_call(self, method: str, *args, resends: int = 2) -> np.ndarray:
         """Call the model process; Overloaded (503) when it is down, restarting or overloaded.
         /predict's `classify` calls come through the front's MicroBatcher and are batched again by
         BentoML's adaptive batching in the model process.
 
-        A call whose connection closes under it is sent once more if the model process still answers
-        its /readyz (the model process closes idle keep-alive connections, and one may close just as it
-        is reused; model calls have no side effects); otherwise the model process is down."""
+        A call whose connection closes under it is sent again (at most `resends` times) if the model
+        process still answers its /readyz: the model process closes idle keep-alive connections, and
+        one may close just as it is reused (model calls have no side effects). Otherwise the model
+        process is down."""
         if not self.model_up:
             raise Overloaded()
         try:
@@ -220,10 +221,15 @@ class LungCT:
             logger.warning("model process refused %s: %s", method, exc)
             raise Overloaded() from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
-            if resend and await self._model_ready():
+            await asyncio.sleep(0)  # the event loop sees other pooled connections that closed with this one
+            if not resends:
+                reason = "again after resending"
+            elif await self._model_ready():
                 logger.warning("model call %s lost its connection (%r); the model process answers: resending", method, exc)
-                return await self._model_call(method, *args, resend=False)
-            logger.warning("model call %s failed (%r); the model process is down: 503 until it answers", method, exc)
+                return await self._model_call(method, *args, resends=resends - 1)
+            else:
+                reason = "and the model process does not answer its /readyz"
+            logger.warning("model call %s failed (%r) %s: taken as down, 503 until it answers", method, exc, reason)
             self._model_down()
             raise Overloaded() from exc
 

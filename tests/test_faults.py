@@ -88,16 +88,16 @@ def test_model_connections_closed_under_requests_cost_no_error(shipped_tag, samp
     with Server(env={"LUNGCT_MODEL_TAG": shipped_tag}) as server, Load(server.url, sample_files, 8) as traffic:
         time.sleep(2)
         closed = 0
-        for _ in range(20):
+        for _ in range(10):  # 1 s apart: the readiness probe a lost call makes is not itself cut
             closed += shut_down_connections(model_process(server))
-            time.sleep(0.25)
+            time.sleep(1)
         time.sleep(1)
         log = server.log_path.read_text(errors="replace")
     outcomes = Counter(outcome for _, _, outcome in traffic.log)
     assert closed > 0
     assert set(outcomes) == {200}, f"{outcomes}\n{log[-5000:]}"
     assert "lost its connection" in log, "no call was caught by a closing connection: the test proved nothing"
-    assert "is down" not in log and "Traceback" not in log, log[-5000:]
+    assert "taken as down" not in log and "Traceback" not in log, log[-5000:]
 
 
 @pytest.mark.parametrize("threads", [8, 0], ids=["under-load", "idle"])
