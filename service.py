@@ -204,7 +204,7 @@ class LungCT:
         data = await anyio.Path(path).read_bytes()
         return await anyio.to_thread.run_sync(load_tensor, data, "upload", self.preprocess, self.decode, limiter=self.limiter)
 
-    async def _model_call(self, method: str, *args, resends: int = 2) -> np.ndarray:
+    async def _model_call(self, method: str, *args, resends: int = CONFIG.model_call_resends) -> np.ndarray:
         """Call the model process; Overloaded (503) when it is down, restarting or overloaded.
         /predict's `classify` calls come through the front's MicroBatcher and are batched again by
         BentoML's adaptive batching in the model process.
@@ -212,7 +212,7 @@ class LungCT:
         A call whose connection closes under it is sent again (at most `resends` times) if the model
         process still answers its /readyz: the model process closes idle keep-alive connections, and
         one may close just as it is reused (model calls have no side effects). Otherwise the model
-        process is down."""
+        process is down (a resend can take another pooled connection that closed too)."""
         if not self.model_up:
             raise Overloaded()
         try:
@@ -221,7 +221,6 @@ class LungCT:
             logger.warning("model process refused %s: %s", method, exc)
             raise Overloaded() from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
-            await asyncio.sleep(0)  # the event loop sees other pooled connections that closed with this one
             if not resends:
                 reason = "again after resending"
             elif await self._model_ready():

@@ -105,6 +105,8 @@ class ServeConfig(_Frozen):
     front_workers: int = Field(2, ge=1, description="front processes (decode, preprocess); the model process is one")
     batch_wait_ms: float = Field(5.0, ge=0, description="front-side batching window while other requests are decoding")
     readiness_timeout_s: float = Field(2.0, gt=0, description="/readyz waits this long for the model process's own /readyz")
+    model_call_resends: int = Field(2, ge=0, description="a model call whose connection closes under it is sent again "
+                                    "this many times while the model process answers its /readyz (0: 503 at once)")
     malloc_trim_s: float = Field(1.0, ge=0, description="give freed heap memory back every so often (0: never)")
 
     @classmethod

@@ -97,7 +97,9 @@ def test_model_connections_closed_under_requests_cost_no_error(shipped_tag, samp
     assert closed > 0
     assert set(outcomes) == {200}, f"{outcomes}\n{log[-5000:]}"
     assert "lost its connection" in log, "no call was caught by a closing connection: the test proved nothing"
-    assert "taken as down" not in log and "Traceback" not in log, log[-5000:]
+    assert "taken as down" not in log, log[-5000:]
+    # the model process logs a cut connection it was reading a request from (BentoML), nothing else
+    assert log.count("Traceback") == log.count("starlette.requests.ClientDisconnect"), log[-5000:]
 
 
 @pytest.mark.parametrize("threads", [8, 0], ids=["under-load", "idle"])
