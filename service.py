@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lungct.batching import MicroBatcher
-from lungct.bentoml_patches import patch_timeout_middleware
+from lungct.bentoml_patches import patch_dependency_keepalive, patch_timeout_middleware
 from lungct.config import DecodeConfig, ServeConfig
 from lungct.decode import DecodeError, decode_image
 from lungct.explain import grad_cam, overlay_png
@@ -34,6 +34,7 @@ from lungct.store import ModelMissingError, check_model, read_info
 
 patch_timeout_middleware()  # BentoML 1.4.40 keeps every request alive for the timeout (memory)
 CONFIG = ServeConfig.from_env()
+patch_dependency_keepalive(CONFIG.model_keepalive_s)  # and pools model connections past the model's keep-alive
 try:  # fail at start, in the serving CLI's own process, rather than restarting workers forever
     check_model(CONFIG.model_tag)
 except ModelMissingError as error:

@@ -22,6 +22,10 @@ from benchmarks.common import (REPORT, RESULTS, ROOT, Server, cpu_seconds, fresh
 from benchmarks.loadgen import ct_files, load
 
 TOLERANCE = 0.10
+# idle this long before each RSS reading: a front frees a burst's pooled model connections (and their
+# buffers) only once they have been idle for LUNGCT_MODEL_KEEPALIVE_S (4 s), checked at most that often,
+# and hands the memory back at its next trim (every second); read sooner, the reading still holds them
+SETTLE_S = 12.0
 SERVED_CPU_S = 1.0  # CPU seconds a front worker spends on a few hundred requests; an idle one spends far less
 
 
@@ -40,7 +44,7 @@ def warm_up(procs: dict, url: str, files, requests: int, concurrency: int, clien
 
 
 def soak(server: Server, files, requests: int, warmup: int, concurrency: int, chunk: int, client: str,
-         settle: float = 3.0) -> dict:
+         settle: float = SETTLE_S) -> dict:
     with server:
         procs = service_processes(server)
         result = {"ready_seconds": round(server.ready_seconds, 2), "rss_idle_mb": rss_mb(procs), "settle_s": settle}
@@ -157,11 +161,13 @@ def plot(r: dict, path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--warmup", type=int, default=1_000)
+    parser.add_argument("--warmup", type=int, default=3_000,
+                        help="requests before the first reading (a front's idle RSS can still rise over its "
+                             "first 2,000 or so; BENCHMARKS.md, soak history)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--chunk", type=int, default=1_000, help="requests between RSS readings")
-    parser.add_argument("--settle", type=float, default=3.0,
-                        help="seconds idle before the RSS readings after warm-up and at the end")
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help="seconds idle before each RSS reading (after warm-up, after each chunk)")
     parser.add_argument("--files", type=int, default=256, help="distinct CT images to cycle through")
     parser.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",

@@ -107,6 +107,8 @@ class ServeConfig(_Frozen):
     readiness_timeout_s: float = Field(2.0, gt=0, description="/readyz waits this long for the model process's own /readyz")
     model_call_resends: int = Field(2, ge=0, description="a model call whose connection closes under it is sent again "
                                     "this many times while the model process answers its /readyz (0: 503 at once)")
+    model_keepalive_s: float = Field(4.0, gt=0, lt=5, description="a front pools its connections to the model "
+                                     "process this long (the model process closes idle ones after 5 s)")
     malloc_trim_s: float = Field(1.0, ge=0, description="give freed heap memory back every so often (0: never)")
 
     @classmethod

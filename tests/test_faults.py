@@ -61,9 +61,9 @@ def model_process(server: Server) -> psutil.Process:
     return next(p for p in children if "--service-name lungct-model" in " ".join(p.cmdline()))
 
 
-def shut_down_connections(process: psutil.Process) -> int:
-    """Shut down every connection `process` has accepted on its UNIX socket (both ends see it closed;
-    the process lives on). The sockets are reached through pidfd_getfd(2). Returns how many."""
+def accepted_connections(process: psutil.Process, action=lambda sock: None) -> int:
+    """Apply `action` to each connection `process` has accepted on its UNIX socket, reached through
+    pidfd_getfd(2) (a copy closed at once, so it keeps nothing open). Returns how many there are."""
     libc = ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(process.pid)
     count = 0
@@ -74,11 +74,17 @@ def shut_down_connections(process: psutil.Process) -> int:
                 pytest.skip(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
             with socket.socket(fileno=fd) as sock:
                 if conn.laddr and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                    sock.shutdown(socket.SHUT_RDWR)
+                    action(sock)
                     count += 1
     finally:
         os.close(pidfd)
     return count
+
+
+def shut_down_connections(process: psutil.Process) -> int:
+    """Shut down every connection `process` has accepted on its UNIX socket: both ends see it closed,
+    the process lives on. Returns how many."""
+    return accepted_connections(process, lambda sock: sock.shutdown(socket.SHUT_RDWR))
 
 
 def test_model_connections_closed_under_requests_cost_no_error(shipped_tag, sample_files):
@@ -100,6 +106,20 @@ def test_model_connections_closed_under_requests_cost_no_error(shipped_tag, samp
     assert "taken as down" not in log, log[-5000:]
     # the model process logs a cut connection it was reading a request from (BentoML), nothing else
     assert log.count("Traceback") == log.count("starlette.requests.ClientDisconnect"), log[-5000:]
+
+
+def test_fronts_let_idle_model_connections_go_before_the_model_process_does(shipped_tag, sample_files):
+    """A front pools its model connections for LUNGCT_MODEL_KEEPALIVE_S, not aiohttp's 15 s: it closes
+    them before the model process's uvicorn would (5 s), so none is reused as it closes, and their
+    buffers are freed."""
+    with Server(env={"LUNGCT_MODEL_TAG": shipped_tag, "LUNGCT_MODEL_KEEPALIVE_S": "1"}) as server:
+        load(server.url, sample_files, 64, 16)
+        model = model_process(server)
+        pooled = accepted_connections(model)
+        time.sleep(3)  # past the 1 s keep-alive and the pool's next clean-up, before uvicorn's 5 s
+        left = accepted_connections(model)
+    assert pooled > 0, "no model connection was pooled after the requests: the test proved nothing"
+    assert left == 0, f"{left} of {pooled} model connections still open 3 s after the last call"
 
 
 @pytest.mark.parametrize("threads", [8, 0], ids=["under-load", "idle"])
