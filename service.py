@@ -211,9 +211,10 @@ class LungCT:
         BentoML's adaptive batching in the model process.
 
         A call whose connection closes under it is sent again (at most `resends` times) if the model
-        process still answers its /readyz: the model process closes idle keep-alive connections, and
-        one may close just as it is reused (model calls have no side effects). Otherwise the model
-        process is down (a resend can take another pooled connection that closed too)."""
+        process still answers its /readyz (model calls have no side effects; the pool's keep-alive,
+        `model_keepalive_s`, keeps idle connections from closing as they are reused, but a connection
+        can still be cut). Otherwise the model process is down (a resend can take another pooled
+        connection that closed too)."""
         if not self.model_up:
             raise Overloaded()
         try:

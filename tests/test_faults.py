@@ -88,8 +88,8 @@ def shut_down_connections(process: psutil.Process) -> int:
 
 
 def test_model_connections_closed_under_requests_cost_no_error(shipped_tag, sample_files):
-    """A connection to the model process that closes under a call (as when an idle keep-alive
-    connection is closed just as it is reused) while the model process lives: the call is sent again,
+    """A connection to the model process that closes under a call while the model process lives
+    (as an idle keep-alive connection could, closed just as it was reused): the call is sent again,
     the client sees no error."""
     with Server(env={"LUNGCT_MODEL_TAG": shipped_tag}) as server, Load(server.url, sample_files, 8) as traffic:
         time.sleep(2)
