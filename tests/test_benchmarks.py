@@ -50,8 +50,8 @@ def test_serving_processes_are_found(server):
 def test_bench_end_to_end_on_a_few_requests(tmp_path):
     """Fresh store, in-process limit, bentoml serve and the Flask baseline: every piece runs."""
     results = bench.main(["--requests", "12", "--warmup", "4", "--concurrency", "1", "4", "--files", "8",
-                          "--limit-images", "16", "--out", str(tmp_path / "out"), "--home", str(tmp_path / "home"),
-                          "--no-report"])
+                          "--limit-images", "16", "--paired-rounds", "2", "--out", str(tmp_path / "out"),
+                          "--home", str(tmp_path / "home"), "--no-report"])
     for name in ("service", "flask"):
         levels = results[name]["levels"]
         assert [lvl["concurrency"] for lvl in levels] == [1, 4]
@@ -60,6 +60,11 @@ def test_bench_end_to_end_on_a_few_requests(tmp_path):
     assert set(results["service"]["levels"][0]["rss_peak_mb"]) >= {"front", "model"}
     assert set(results["flask"]["levels"][0]["rss_peak_mb"]) == {"flask"}
     assert {run["batch_size"] for run in results["limit"]["runs"]} == {8, 16, 32, 64}
+    paired = results["service"]["paired"]  # limit and service at c=64, alternately, with the server up
+    assert len(paired) == 2 and all(r["errors"] == 0 and r["limit_images_per_s"] > 0 for r in paired), paired
+    assert all(r["ratio"] == round(r["service_rps"] / r["limit_images_per_s"], 3) for r in paired)
+    target = next(t for t in results["targets"] if "median of 2 paired rounds" in t["target"])
+    assert target["pass"] == (sum(r["ratio"] for r in paired) / 2 >= 0.7)  # the median of two
     saved = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert saved["tag"] == results["tag"] and (tmp_path / "out" / "bench.png").stat().st_size > 0
     markdown = bench.markdown(results)
