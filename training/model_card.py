@@ -158,8 +158,8 @@ Valid shares scans (and many near-duplicate slices) with train, {stopped_on_vali
 grouped CV (fixed epochs, exact and near duplicates kept in one fold) is the more honest estimate, yet
 neighbouring slices of one scan still fall into different folds, and tumour slices with no look-alike in
 their training folds are right far less often (`python -m training.fold_leak {runs or 'RUN'} --data {data}`;
-README.md "How far CV is from new scans"). Expect much lower accuracy on new scans{scan_note}. The recipe
-studies behind this model are in README.md ("Model studies").
+STUDIES.md "How far CV is from new scans"). Expect much lower accuracy on new scans{scan_note}. The recipe
+studies behind this model are in STUDIES.md (summary: README.md, "Model studies").
 
 ## Calibration
 {_calibration(info)}
@@ -173,7 +173,7 @@ studies behind this model are in README.md ("Model studies").
 - Windowing: most tumour slices come from one numbered series exported with a wider window (soft tissue
   grey) than the normal slices and the few tumour files of other origin (soft tissue near white). Tumour
   slices windowed like the normal ones are often called normal (the `training.fold_leak` command above
-  prints accuracy, calls of normal and body brightness per series; README.md "How far CV is from new
+  prints accuracy, calls of normal and body brightness per series; STUDIES.md "How far CV is from new
   scans").
 - One 2-D slice at a time, no volume context; Grad-CAM (`/explain`) shows where the evidence lies but
   is not a localisation.
