@@ -57,7 +57,7 @@ def create_app(tag: str, call: str = "predict") -> Flask:
             tensor = load_tensor(upload.read(), "upload", info.preprocess)
         except DecodeError as exc:
             return jsonify(error=exc.reason), 400
-        probabilities = softmax(logits(tensor[np.newaxis]), info.temperature)[0]
+        probabilities = softmax(logits(tensor[np.newaxis]), info.temperature, info.class_bias)[0]
         best = int(np.argmax(probabilities))
         return jsonify({
             "class": info.classes[best], "confidence": float(probabilities[best]),

@@ -1,23 +1,70 @@
-"""Temperature scaling and expected calibration error."""
+"""Temperature scaling with an optional bias per class, and expected calibration error."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from lungct.predictor import softmax
 
 
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    probs = softmax(logits, temperature)
+class Calibration(NamedTuple):
+    """Served probabilities are softmax(logits / temperature + class_bias)."""
+
+    temperature: float
+    class_bias: list[float]
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float, class_bias=0.0) -> float:
+    probs = softmax(logits, temperature, class_bias)
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature in [0.05, 20] (log grid, then refined) that minimises negative log-likelihood."""
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 200))
-    best = min(grid, key=lambda t: nll(logits, labels, t))
-    fine = np.linspace(best * 0.95, best * 1.05, 41)
-    return float(min(fine, key=lambda t: nll(logits, labels, t)))
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, class_bias: bool = True, steps: int = 50) -> Calibration:
+    """The temperature, and with `class_bias` a bias per class (the first class's fixed at 0), that minimise
+    negative log-likelihood: Newton's method with step halving on (1 / temperature, bias), where the
+    loss is convex. Without `class_bias` this is temperature scaling."""
+    logits = np.asarray(logits, dtype=np.float64)
+    n, k = logits.shape
+    onehot = np.eye(k)[labels]
+    # d(scaled logits)/d(params) per slice: column 0 the logits (for 1/T), then one column per free bias
+    design = np.concatenate([logits[:, :, None], np.broadcast_to(np.eye(k)[:, 1:], (n, k, k - 1))], axis=2)
+    if not class_bias:
+        design = design[:, :, :1]
+    params = np.zeros(design.shape[2])
+    params[0] = 1.0
+
+    def loss(theta: np.ndarray) -> float:
+        z = design @ theta
+        z -= z.max(axis=1, keepdims=True)
+        return float((np.log(np.exp(z).sum(axis=1)) - (z * onehot).sum(axis=1)).mean())
+
+    for _ in range(steps):
+        z = design @ params
+        probs = np.exp(z - z.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        grad = np.einsum("nk,nkp->p", probs - onehot, design) / n
+        curvature = np.einsum("nk,nkp->nkp", probs, design) - probs[:, :, None] * np.einsum("nk,nkp->np", probs, design)[:, None, :]
+        hessian = np.einsum("nkp,nkq->pq", design, curvature) / n + 1e-9 * np.eye(len(params))
+        step, before = np.linalg.solve(hessian, grad), loss(params)
+        while loss(params - step) > before and np.abs(step).max() > 1e-12:
+            step /= 2
+        params = params - step
+        if np.abs(step).max() < 1e-10:
+            break
+    bias = np.zeros(k)
+    bias[1:] = params[1:] if class_bias else 0.0
+    return Calibration(float(1.0 / params[0]), [float(b) for b in bias])
+
+
+def cross_fitted(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, class_bias: bool = True) -> np.ndarray:
+    """Probabilities of each fold with the calibration fitted on the other folds' logits."""
+    probs = np.zeros(logits.shape, dtype=np.float32)
+    for fold in np.unique(folds):
+        held = folds == fold
+        probs[held] = softmax(logits[held], *fit_calibration(logits[~held], labels[~held], class_bias))
+    return probs
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
@@ -33,8 +80,8 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def valid_calibration(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
-    """ECE and negative log-likelihood of logits before and after a temperature."""
+def valid_calibration(logits: np.ndarray, labels: np.ndarray, calibration: Calibration) -> dict:
+    """ECE and negative log-likelihood of logits before and after a calibration."""
     return {"ece_valid_before": expected_calibration_error(softmax(logits), labels),
-            "ece_valid_after": expected_calibration_error(softmax(logits, temperature), labels),
-            "nll_valid_before": nll(logits, labels, 1.0), "nll_valid_after": nll(logits, labels, temperature)}
+            "ece_valid_after": expected_calibration_error(softmax(logits, *calibration), labels),
+            "nll_valid_before": nll(logits, labels, 1.0), "nll_valid_after": nll(logits, labels, *calibration)}

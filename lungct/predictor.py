@@ -7,8 +7,9 @@ import numpy as np
 from lungct.store import ModelInfo, load_from_store
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
+def softmax(logits: np.ndarray, temperature: float = 1.0, class_bias=0.0) -> np.ndarray:
+    """softmax(logits / temperature + class_bias) over the last axis."""
+    z = np.asarray(logits, dtype=np.float64) / temperature + np.asarray(class_bias, dtype=np.float64)
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -32,5 +33,9 @@ class Predictor:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self._logits(np.asarray(batch, dtype=np.float32)).numpy()
 
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities from logits with the model's calibration (temperature and class bias)."""
+        return softmax(logits, self.info.temperature, self.info.class_bias)
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(batch), self.info.temperature)
+        return self.calibrated(self.logits(batch))

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
 from lungct.labels import CLASSES
@@ -33,10 +33,18 @@ class ModelInfo(BaseModel):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     temperature: float = Field(1.0, gt=0, description="softmax temperature from calibration")
+    class_bias: list[float] = Field(default_factory=lambda: [0.0] * len(CLASSES),
+                                    description="added per class to logits / temperature (calibration)")
     data_fingerprint: str = ""
     metrics: dict = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     training_seconds: float = 0.0
+
+    @model_validator(mode="after")
+    def _one_bias_per_class(self) -> "ModelInfo":
+        if len(self.class_bias) != len(self.classes):
+            raise ValueError(f"class_bias has {len(self.class_bias)} values for {len(self.classes)} classes")
+        return self
 
 
 def framework_versions() -> dict[str, str]:

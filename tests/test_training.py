@@ -490,3 +490,20 @@ def test_ensemble_cv_subsets_score_every_ensemble_of_k_runs(capsys):
     for size in (0, 4):
         with pytest.raises(SystemExit, match="needs between 1 and 3"):
             ensemble_cv.subsets_report(runs, size)
+
+
+def test_ensemble_cv_calibrate_reproduces_the_shipped_models_calibrated_cv_by_scan(shipped_tag):
+    """`--calibrate` scores what training.calibrate reported for the shipped model, from the committed scan runs."""
+    from lungct.store import SHIPPED_DIR, read_info
+
+    info, _, _ = read_info(shipped_tag)
+    runs = sorted((SHIPPED_DIR / "cv-scan").iterdir())
+    calibrated = ensemble_cv.ensemble_report(runs, calibrate=True)["ensemble"]
+    raw = ensemble_cv.ensemble_report(runs)["ensemble"]
+    cal = info.metrics["calibration"]
+    assert calibrated["accuracy_mean"] == pytest.approx(cal["accuracy_oof_after"])
+    assert calibrated["macro_f1_mean"] == pytest.approx(cal["macro_f1_oof_after"])
+    assert raw["accuracy_mean"] == pytest.approx(cal["accuracy_oof_before"])
+    assert calibrated["accuracy_mean"] != raw["accuracy_mean"]
+    subsets = ensemble_cv.subsets_report(runs, 3, calibrate=True)
+    assert subsets["subsets"][0]["accuracy_mean"] == calibrated["accuracy_mean"]

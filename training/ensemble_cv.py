@@ -7,6 +7,8 @@ and its accuracy pooled over the folds.
 `--mirror` scores test-time augmentation: each slice's logits averaged with its horizontal mirror's.
 `--finished-folds` scores stopped runs on the folds every run has finished (folds are trained in order, so
 these are folds 1..m); without it unfinished runs are refused.
+`--calibrate` scores calibrated predictions, as `training.calibrate` fits them for a model: each fold's logits with
+the temperature and class bias fitted on the other folds' (so the figures stay out of fold).
 `--subsets K` scores every ensemble of K of the runs instead (in `itertools.combinations` order, so two arms given
 in the same seed order print paired lines) and their mean, lowest and highest accuracy and macro-F1: how much a
 K-member ensemble of a recipe depends on which seeds it drew.
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lungct.calibration import cross_fitted
 from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
 from lungct.labels import CLASSES
 from lungct.metrics import cv_summary
@@ -100,22 +103,29 @@ def load_members(runs: list[Path], mirror: bool = False,
     return [member_logits(member, run, mirror)[rows] for run, member in zip(runs, members)], shared
 
 
-def ensemble_report(runs: list[Path], mirror: bool = False, finished_folds: bool = False) -> dict:
+def scores(logits: np.ndarray, shared: dict[str, np.ndarray], calibrate: bool = False) -> np.ndarray:
+    """Out-of-fold logits, or with calibrate each fold's probabilities calibrated on the other folds."""
+    return cross_fitted(logits, shared["labels"], shared["folds"]) if calibrate else logits
+
+
+def ensemble_report(runs: list[Path], mirror: bool = False, finished_folds: bool = False, calibrate: bool = False) -> dict:
     logits, shared = load_members(runs, mirror, finished_folds)
     labels, folds = shared["labels"], shared["folds"]
-    report = {str(run): cv_summary(l, labels, folds) for run, l in zip(runs, logits)}
-    report["ensemble"] = cv_summary(np.mean(logits, axis=0), labels, folds)
+    report = {str(run): cv_summary(scores(l, shared, calibrate), labels, folds) for run, l in zip(runs, logits)}
+    report["ensemble"] = cv_summary(scores(np.mean(logits, axis=0), shared, calibrate), labels, folds)
     return report
 
 
-def subsets_report(runs: list[Path], size: int, mirror: bool = False, finished_folds: bool = False) -> dict:
+def subsets_report(runs: list[Path], size: int, mirror: bool = False, finished_folds: bool = False,
+                   calibrate: bool = False) -> dict:
     """Every ensemble of `size` of the runs: its members and CV summary, then the mean, lowest and highest
     accuracy and macro-F1 (fold means) over those ensembles."""
     if not 1 <= size <= len(runs):
         raise SystemExit(f"error: --subsets {size} needs between 1 and {len(runs)} (the number of runs given)")
     logits, shared = load_members(runs, mirror, finished_folds)
     subsets = [{"runs": [str(runs[i]) for i in chosen],
-                **cv_summary(np.mean([logits[i] for i in chosen], axis=0), shared["labels"], shared["folds"])}
+                **cv_summary(scores(np.mean([logits[i] for i in chosen], axis=0), shared, calibrate), shared["labels"],
+                             shared["folds"])}
                for chosen in itertools.combinations(range(len(runs)), size)]
     spread = {f"{metric}_{stat}": float(fn([s[f"{metric}_mean"] for s in subsets]))
               for metric in ("accuracy", "macro_f1") for stat, fn in (("mean", np.mean), ("min", np.min), ("max", np.max))}
@@ -139,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="test-time augmentation: average each slice's logits with its horizontal mirror's")
     p.add_argument("--finished-folds", action="store_true",
                    help="score stopped runs on the folds every run has finished")
+    p.add_argument("--calibrate", action="store_true",
+                   help="score calibrated predictions (temperature and class bias fitted on the other folds)")
     p.add_argument("--subsets", type=int, metavar="K",
                    help="score every ensemble of K of the runs and the spread of their scores")
     args = p.parse_args(argv)
     if args.subsets is not None:
-        print_subsets(subsets_report(args.runs, args.subsets, args.mirror, args.finished_folds))
+        print_subsets(subsets_report(args.runs, args.subsets, args.mirror, args.finished_folds, args.calibrate))
         return 0
-    report = ensemble_report(args.runs, args.mirror, args.finished_folds)
+    report = ensemble_report(args.runs, args.mirror, args.finished_folds, args.calibrate)
     for name, score in report.items():
         print(f"{name}: accuracy {score['accuracy_mean']:.4f} ± {score['accuracy_std']:.4f}, "
               f"macro-F1 {score['macro_f1_mean']:.4f} ± {score['macro_f1_std']:.4f}")

@@ -16,7 +16,7 @@ import numpy as np
 
 from lungct.dataset import DatasetError, list_samples, resolve_split
 from lungct.metrics import classification_report, format_report
-from lungct.predictor import Predictor, softmax
+from lungct.predictor import Predictor
 from lungct.store import ModelMissingError
 from training.data import load_set
 
@@ -41,7 +41,7 @@ def file_logits(predictor: Predictor, data_dir: Path, batch_size: int = 32):
 def predict_files(predictor: Predictor, data_dir: Path, batch_size: int = 32):
     """(labels, calibrated probabilities, loaded set) for every readable file under data_dir."""
     labels, logits, loaded = file_logits(predictor, data_dir, batch_size)
-    return labels, softmax(logits, predictor.info.temperature), loaded
+    return labels, predictor.calibrated(logits), loaded
 
 
 def evaluate(predictor: Predictor, data_dir: Path, batch_size: int = 32) -> dict:

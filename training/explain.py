@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lungct.decode import DecodeError, decode_image
 from lungct.explain import grad_cam, overlay_png
-from lungct.predictor import Predictor, softmax
+from lungct.predictor import Predictor
 from lungct.preprocess import preprocess_framed
 from lungct.store import ModelMissingError
 
@@ -17,7 +17,7 @@ def explain_file(predictor: Predictor, path: Path) -> tuple[dict, bytes]:
     image = decode_image(Path(path).read_bytes(), str(path))
     tensor, frame = preprocess_framed(image, predictor.info.preprocess)
     logits, cam = grad_cam(predictor.model, tensor)
-    probabilities = softmax(logits, predictor.info.temperature)
+    probabilities = predictor.calibrated(logits)
     best = int(probabilities.argmax())
     png, _ = overlay_png(image, cam, frame)
     answer = {

@@ -28,7 +28,7 @@ from lungct.config import PreprocessConfig
 from lungct.dataset import DatasetError, view_distances
 from lungct.labels import CLASSES
 from training.data import concat, series_of
-from training.ensemble_cv import load_members, run_recipe
+from training.ensemble_cv import load_members, run_recipe, scores
 from training.train import load_splits
 
 
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", type=Path, nargs="+", help="CV run folders with oof.npz (averaged when several)")
     p.add_argument("--data", type=Path, required=True, help="the data the runs were cross-validated on")
+    p.add_argument("--calibrate", action="store_true",
+                   help="the calibrated predictions (`training.ensemble_cv --calibrate`) instead of the logits' argmax")
     p.add_argument("--edges", type=float, nargs="+", default=[0.03, 0.05, 0.07],
                    help="band edges of the distance to the nearest slice of another fold")
     args = p.parse_args(argv)
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     data = concat(train, valid)
     if data.digests != list(shared["digests"]):
         raise SystemExit(f"error: {args.data} is not the data the runs were cross-validated on")
-    predicted = np.mean(logits, axis=0).argmax(1)
+    predicted = scores(np.mean(logits, axis=0), shared, args.calibrate).argmax(1)
     report = leak_report(data.groups(), shared["folds"], shared["labels"], predicted)
     for name, row in report.items():
         print(f"{name:<26} n {row['n']:>4}  with a copy in another fold {row['leaked']:>4}  "

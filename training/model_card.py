@@ -188,7 +188,7 @@ make train                      # trains this recipe and saves it into the Bento
 
 
 def _calibration(info: ModelInfo) -> str:
-    """What the stored metadata says about the temperature: where it was fitted and ECE before/after."""
+    """What the stored metadata says about the calibration: where it was fitted, ECE and accuracy before/after."""
     cal = info.metrics.get("calibration")
     if cal is None:
         return f"Temperature T = {info.temperature:.3f}; how it was fitted is not recorded in this model's metadata."
@@ -201,14 +201,19 @@ def _calibration(info: ModelInfo) -> str:
                 f"optimistic). Reliability diagram: `reliability_valid.png` in the training run's folder.")
     runs = " ".join(cal["cv_runs"])
     chose = "; valid also chose its stopping epochs" if info.train.stops_early else ""
-    return (f"Temperature scaling fitted on the ensemble's out-of-fold logits over train+valid (n = {cal['n_fit']}, "
-            f"members' CV runs {runs}): T = {info.temperature:.3f}; served probabilities are calibrated.\n"
+    bias = ", ".join(f"{name} {b:+.3f}" for name, b in zip(info.classes, info.class_bias))
+    accuracy = (f" Accuracy out of fold {cal['accuracy_oof_before']:.3f} before, {cal['accuracy_oof_after']:.3f} after; "
+                f"macro-F1 {cal['macro_f1_oof_before']:.3f} before, {cal['macro_f1_oof_after']:.3f} after (fold means, "
+                f"calibrated the same way).") if "accuracy_oof_after" in cal else ""
+    return (f"Calibration fitted on the ensemble's out-of-fold logits over train+valid (n = {cal['n_fit']}, "
+            f"members' CV runs {runs}): served probabilities are softmax(logits / T + b) with T = {info.temperature:.3f} "
+            f"and class bias b: {bias}.\n"
             f"Expected calibration error out of fold (10 bins): {cal['ece_oof_before']:.3f} before, {cal['ece_oof_after']:.3f} "
-            f"after (each fold with the temperature fitted on the other folds). {valid} (the model itself on "
+            f"after (each fold calibrated by a fit on the other folds).{accuracy} {valid} (the model itself on "
             f"`{cal['valid_data']}`, n = {cal['n_valid']}{chose}). Reliability "
             f"diagrams beside this card: `reliability_oof.png`, `reliability_valid.png`.\n"
             f"Reproduce: `.venv/bin/python -m training.calibrate --model {cal['source_model']} --cv-runs {runs} "
-            f"--data {cal['valid_data']}` (saves a new version of that model with the temperature).")
+            f"--data {cal['valid_data']}` (saves a new version of that model with the calibration).")
 
 
 def _fold_recall(cv: dict) -> str:

@@ -48,10 +48,10 @@ def plot_confusion(matrix: list[list[int]], path: Path, title: str = "confusion 
 
 def plot_reliability(before: np.ndarray, after: np.ndarray, labels: np.ndarray, path: Path, bins: int = 10,
                      title: str = "reliability (valid)") -> None:
-    """Reliability diagram: accuracy against confidence, before and after temperature scaling."""
+    """Reliability diagram: accuracy against confidence, before and after calibration."""
     fig, ax = plt.subplots(figsize=(5, 5))
     edges = np.linspace(0, 1, bins + 1)
-    for probs, name in ((before, "before"), (after, "after temperature")):
+    for probs, name in ((before, "before"), (after, "after calibration")):
         confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
         which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
         points = [(confidence[which == b].mean(), correct[which == b].mean()) for b in range(bins) if (which == b).any()]

@@ -11,7 +11,7 @@ from typing import get_args
 
 import numpy as np
 
-from lungct.calibration import fit_temperature, valid_calibration
+from lungct.calibration import fit_calibration, valid_calibration
 from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
 from lungct.dataset import DatasetError, fingerprint, grouped_folds, list_samples, resolve_split
 from lungct.labels import CLASSES
@@ -238,11 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     model, histories = fit(train, valid, pcfg, mcfg, tcfg)
     fit_seconds = time.perf_counter() - fit_started
     logits = predict_logits(model, valid.images)
-    temperature = fit_temperature(logits, valid.labels)
+    # temperature only: valid shares scans with train; training.calibrate fits a class bias out of fold
+    calibration = fit_calibration(logits, valid.labels, class_bias=False)
+    temperature = calibration.temperature
     report = classification_report(valid.labels, logits.argmax(1))
     metrics["valid"] = report
     metrics["calibration"] = {"fitted_on": "valid", "temperature": temperature, "n_fit": len(valid.labels),
-                              **valid_calibration(logits, valid.labels, temperature)}
+                              **valid_calibration(logits, valid.labels, calibration)}
     print(format_report(report))
     info = ModelInfo(
         preprocess=pcfg, model=mcfg, train=tcfg, temperature=temperature,
