@@ -61,7 +61,10 @@ def _stopping(info: ModelInfo) -> tuple[str, str]:
 def members_cv(info: ModelInfo, runs: list[Path]) -> dict:
     """Grouped CV of an ensemble from its members' CV runs, after checking they are its recipe and seeds."""
     check_members(info, runs)
-    return {**ensemble_report(runs)["ensemble"], "recipe": run_recipe(runs[0])}
+    cv = {**ensemble_report(runs)["ensemble"], "recipe": run_recipe(runs[0])}
+    if any(info.class_bias):  # the model answers with a class bias: score that too, calibrated out of fold
+        cv["calibrated"] = ensemble_report(runs, calibrate=True)["ensemble"]
+    return cv
 
 
 def _by_scan(train: dict) -> bool:
@@ -83,6 +86,12 @@ def _cv_text(cv: dict | None, runs: list[Path] | None) -> str:
     if runs:
         text += (f"; the members' out-of-fold logits averaged, from one CV run per member seed "
                  f"(`python -m training.ensemble_cv {' '.join(map(str, runs))}`)")
+    if "calibrated" in cv:
+        calibrated = cv["calibrated"]
+        folds = ", ".join(f"{fold['accuracy']:.3f}" for fold in calibrated["folds"])
+        text += (f"; calibrated as this model answers (temperature and class bias, each fold's fitted on the other folds, "
+                 f"`--calibrate`): accuracy **{calibrated['accuracy_mean']:.3f}** ± {calibrated['accuracy_std']:.3f}, "
+                 f"macro-F1 {calibrated['macro_f1_mean']:.3f} ± {calibrated['macro_f1_std']:.3f} (fold accuracies: {folds})")
     return text
 
 
@@ -112,7 +121,7 @@ def render(predictor: Predictor, data_dir: Path, cv_runs: list[Path] | None = No
         cv_text += f".\n\nCross-validation by scan, the nearest this data comes to new scans: {_cv_text(scan_cv, scan_cv_runs)}"
     fold_recall = _fold_recall(cv) if cv else ""
     scan_note = (f": CV by scan, which keeps most of a scan's neighbouring slices in one fold, puts it at "
-                 f"{scan_cv['accuracy_mean']:.3f}" if scan_cv else "")
+                 f"{scan_cv.get('calibrated', scan_cv)['accuracy_mean']:.3f}" if scan_cv else "")
     stopping, stopped_on_valid = _stopping(info)
     runs = " ".join(str(r) for r in cv_runs or [])
     flags = "".join(f" --{name} {' '.join(map(str, r))}" for name, r in (("cv-runs", cv_runs), ("scan-cv-runs", scan_cv_runs)) if r)
