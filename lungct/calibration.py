@@ -9,6 +9,9 @@ import numpy as np
 from lungct.predictor import softmax
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE, MAX_BIAS = 0.05, 20.0, 10.0
+
+
 class Calibration(NamedTuple):
     """Served probabilities are softmax(logits / temperature + class_bias)."""
 
@@ -24,7 +27,8 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float, class_bias=0
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, class_bias: bool = True, steps: int = 50) -> Calibration:
     """The temperature, and with `class_bias` a bias per class (the first class's fixed at 0), that minimise
     negative log-likelihood: Newton's method with step halving on (1 / temperature, bias), where the
-    loss is convex. Without `class_bias` this is temperature scaling."""
+    loss is convex, within bounds (temperature 0.05-20, |bias| at most 10) that keep a fit on separable
+    or uninformative logits finite. Without `class_bias` this is temperature scaling."""
     logits = np.asarray(logits, dtype=np.float64)
     n, k = logits.shape
     onehot = np.eye(k)[labels]
@@ -34,6 +38,11 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, class_bias: bool = T
         design = design[:, :, :1]
     params = np.zeros(design.shape[2])
     params[0] = 1.0
+    low, high = np.full(len(params), -MAX_BIAS), np.full(len(params), MAX_BIAS)
+    low[0], high[0] = 1.0 / MAX_TEMPERATURE, 1.0 / MIN_TEMPERATURE
+
+    def bounded(theta: np.ndarray) -> np.ndarray:  # separable or uninformative logits: stay finite and positive
+        return np.clip(theta, low, high)
 
     def loss(theta: np.ndarray) -> float:
         z = design @ theta
@@ -48,10 +57,11 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, class_bias: bool = T
         curvature = np.einsum("nk,nkp->nkp", probs, design) - probs[:, :, None] * np.einsum("nk,nkp->np", probs, design)[:, None, :]
         hessian = np.einsum("nkp,nkq->pq", design, curvature) / n + 1e-9 * np.eye(len(params))
         step, before = np.linalg.solve(hessian, grad), loss(params)
-        while loss(params - step) > before and np.abs(step).max() > 1e-12:
+        while loss(bounded(params - step)) > before and np.abs(step).max() > 1e-12:
             step /= 2
-        params = params - step
-        if np.abs(step).max() < 1e-10:
+        moved = bounded(params - step)
+        params, change = moved, np.abs(moved - params).max()
+        if change < 1e-10:
             break
     bias = np.zeros(k)
     bias[1:] = params[1:] if class_bias else 0.0

@@ -108,3 +108,18 @@ def test_shipped_calibration_is_the_out_of_fold_fit_of_the_committed_scan_runs(s
     assert info.temperature == pytest.approx(fit.temperature, rel=1e-9)
     np.testing.assert_allclose(info.class_bias, fit.class_bias, atol=1e-9)
     assert cal["accuracy_oof_after"] > cal["accuracy_oof_before"]  # the cross-fitted bias helped out of fold
+
+
+def test_calibration_of_separable_or_uninformative_logits_stays_within_bounds():
+    from lungct.calibration import MAX_BIAS, MAX_TEMPERATURE, MIN_TEMPERATURE
+
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    right = np.eye(4)[labels] * 5.0  # every slice right and sure: the likelihood grows as T falls
+    assert MIN_TEMPERATURE <= fit_calibration(right, labels, class_bias=False).temperature < 0.5  # sharper, not 0
+    wrong = -right  # every slice's own class the least likely: no positive temperature fits, so the flattest
+    fit = fit_calibration(wrong, labels)
+    assert fit.temperature == pytest.approx(MAX_TEMPERATURE)
+    absent = np.array([0, 1, 1, 0, 1, 0])  # classes 2 and 3 never occur: their biases fall to the bound
+    fit = fit_calibration(np.zeros((6, 4)), absent)
+    assert fit.class_bias[2] == pytest.approx(-MAX_BIAS) and fit.class_bias[3] == pytest.approx(-MAX_BIAS)
+    assert np.isfinite(softmax(right, *fit)).all()
