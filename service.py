@@ -29,7 +29,7 @@ from lungct.explain import grad_cam, overlay_png
 from lungct.memory import limit_arenas, trim_every
 from lungct.middleware import CloseWhenStopping, Stopping, UploadGuard, UploadRoute
 from lungct.predictor import Predictor
-from lungct.preprocess import load_tensor, preprocess_framed
+from lungct.preprocess import Framing, load_tensor, preprocess_framed
 from lungct.store import ModelMissingError, check_model, read_info
 
 patch_timeout_middleware()  # BentoML 1.4.40 keeps every request alive for the timeout (memory)
@@ -201,9 +201,16 @@ class LungCT:
             "notice": RESEARCH_ONLY,
         }
 
+    def _load(self, path: Path) -> np.ndarray:
+        return load_tensor(path.read_bytes(), "upload", self.preprocess, self.decode)
+
+    def _load_framed(self, path: Path) -> tuple[np.ndarray, np.ndarray, Framing]:
+        decoded = decode_image(path.read_bytes(), "upload", self.decode)
+        return (decoded, *preprocess_framed(decoded, self.preprocess))
+
     async def _tensor(self, path: Path) -> np.ndarray:
-        data = await anyio.Path(path).read_bytes()
-        return await anyio.to_thread.run_sync(load_tensor, data, "upload", self.preprocess, self.decode, limiter=self.limiter)
+        """Read and preprocess an upload in one worker thread (one thread hop per request)."""
+        return await anyio.to_thread.run_sync(self._load, path, limiter=self.limiter)
 
     async def _model_call(self, method: str, *args, resends: int = CONFIG.model_call_resends) -> np.ndarray:
         """Call the model process; Overloaded (503) when it is down, restarting or overloaded.
@@ -260,11 +267,9 @@ class LungCT:
     async def explain(self, image: Path) -> Explanation:
         """Classify one slice (as /predict) and return a Grad-CAM heat-map overlaid on it. Research use only, not for diagnosis."""
         try:
-            data = await anyio.Path(image).read_bytes()
-            decoded = await anyio.to_thread.run_sync(decode_image, data, "upload", self.decode, limiter=self.limiter)
+            decoded, tensor, frame = await anyio.to_thread.run_sync(self._load_framed, image, limiter=self.limiter)
         except DecodeError as exc:
             return JSONResponse({"error": exc.reason}, status_code=400)
-        tensor, frame = await anyio.to_thread.run_sync(preprocess_framed, decoded, self.preprocess, limiter=self.limiter)
         try:
             probabilities = (await self._model_call("classify", tensor[np.newaxis]))[0]
             cam = await self._model_call("gradcam", tensor, int(np.argmax(probabilities)))
