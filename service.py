@@ -196,6 +196,7 @@ class LungCT:
             "input_size": info.preprocess.size,
             "preprocess": info.preprocess.model_dump(),
             "temperature": info.temperature,
+            "class_bias": dict(zip(info.classes, info.class_bias)),
             "metrics": info.metrics,
             "versions": info.versions,
             "notice": RESEARCH_ONLY,

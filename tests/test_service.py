@@ -85,6 +85,11 @@ def test_model_endpoint(server, shipped_tag):
     assert info["tag"] == shipped_tag and info["classes"] == list(CLASSES)
     assert info["input_size"] == info["preprocess"]["size"]
     assert "valid" in info["metrics"] and info["created"]
+    from lungct.store import read_info
+
+    stored, _, _ = read_info(shipped_tag)  # the calibration the answers use
+    assert info["temperature"] == stored.temperature and list(info["class_bias"].values()) == stored.class_bias
+    assert list(info["class_bias"]) == list(CLASSES) and any(stored.class_bias)
 
 
 def test_openapi_describes_the_answer(server):
