@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Frozen(BaseModel):
@@ -81,11 +81,24 @@ class TrainConfig(_Frozen):
                                   "series of a class weighs the same)")
     ema: float = Field(0.0, ge=0, lt=1, description="momentum of an exponential moving average of the weights per step "
                        "(0: off); the average is the trained model, so early stopping is not used")
+    swa_epochs: int = Field(0, ge=0, description="stochastic weight averaging: the last N epochs train at the constant "
+                            "learning rate swa_lr and the model is the mean of their end-of-epoch weights, batch-norm "
+                            "statistics re-estimated (0: off; no early stopping)")
+    swa_lr: float = Field(5e-4, gt=0, description="learning rate of the averaged epochs, which the cosine decays to")
+
+    @model_validator(mode="after")
+    def _one_weight_average(self) -> "TrainConfig":
+        if self.swa_epochs and self.ema:
+            raise ValueError("choose one weight average: ema or swa_epochs")
+        if self.swa_epochs and self.swa_epochs > self.epochs - self.warmup_epochs - 1:
+            raise ValueError(f"swa_epochs ({self.swa_epochs}) must leave at least one epoch of cosine decay after "
+                             f"the {self.warmup_epochs} warm-up epochs of {self.epochs}")
+        return self
 
     @property
     def stops_early(self) -> bool:
-        """Whether members stop on valid accuracy (and so valid chooses their epoch): a patience, and no EMA."""
-        return bool(self.patience) and not self.ema
+        """Whether members stop on valid accuracy (and so valid chooses their epoch): a patience, and no weight average."""
+        return bool(self.patience) and not self.ema and not self.swa_epochs
 
 
 def _env(name: str, default: str) -> str:

@@ -337,6 +337,58 @@ def test_ensemble_training_saves_one_model_that_serves_and_explains(samples_dir,
     assert cam.shape == (32, 32) and 0 <= cam.min() and cam.max() <= 1
 
 
+def test_swa_model_is_the_mean_of_the_averaged_epochs_weights():
+    import keras
+
+    from lungct.config import ModelConfig
+    from lungct.model import build_model
+
+    model = build_model(ModelConfig(width=8, stages=1, dropout=0.0), 16)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((16, 16, 16, 1), dtype=np.float32), np.eye(4, dtype=np.float32)[np.arange(16) % 4]
+    snapshots = []
+    recorder = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: snapshots.append([v.numpy().copy() for v in model.trainable_weights]))
+    model.fit(images, labels, batch_size=4, epochs=5, callbacks=[recorder, train.WeightAverage(2)], verbose=0)
+    for variable, *epochs in zip(model.trainable_weights, *snapshots):
+        np.testing.assert_allclose(variable.numpy(), np.mean(epochs[2:], axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model.trainable_weights[0].numpy(), snapshots[-1][0])  # the mean, not the last epoch
+
+
+def test_swa_trains_its_last_epochs_at_the_constant_rate():
+    from lungct.config import TrainConfig
+
+    def per_epoch(**recipe):
+        schedule = train.learning_rate_schedule(TrainConfig(epochs=8, warmup_epochs=2, **recipe), steps_per_epoch=5)
+        return np.array([float(schedule(5 * epoch)) for epoch in range(9)])  # as each epoch begins, and at the end
+
+    swa, plain = per_epoch(swa_epochs=3, swa_lr=1e-4), per_epoch()
+    np.testing.assert_allclose(swa[:3], plain[:3], rtol=1e-6)  # same warm-up to the peak
+    np.testing.assert_allclose(swa[5:], 1e-4, rtol=1e-5)  # decayed by the first averaged epoch, then held
+    assert np.all(np.diff(swa[2:6]) < 0) and plain[-1] == 0  # without SWA: down to zero
+
+
+def test_swa_saves_its_recipe_and_never_stops_early(samples_dir, tmp_path, monkeypatch):
+    import keras
+
+    stoppers = []
+    monkeypatch.setattr(keras.callbacks, "EarlyStopping", lambda **kw: stoppers.append(kw) or keras.callbacks.Callback())
+    assert train.main(["--data", str(samples_dir), "--epochs", "4", "--warmup-epochs", "1", "--swa-epochs", "2",
+                       "--patience", "2", "--width", "8", "--stages", "1", "--size", "32",
+                       "--batch-size", "4", "--ensemble", "1", "--runs", str(tmp_path)]) == 0
+    assert stoppers == [], "with SWA the averaged weights are the model: no early stopping"
+    assert Predictor.from_store("lungct:latest").info.train.swa_epochs == 2
+
+
+@pytest.mark.parametrize("flags, message", [(["--swa-epochs", "5"], "at least one epoch of cosine decay"),
+                                            (["--swa-epochs", "2", "--ema", "0.9"], "one weight average"),
+                                            (["--epochs", "0"], "epochs")])
+def test_inconsistent_recipe_is_a_clear_error(samples_dir, tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        train.main(["--data", str(samples_dir), "--epochs", "6", "--warmup-epochs", "1", *flags, "--runs", str(tmp_path)])
+
+
 def test_batch_norm_recalibration_matches_the_weights_statistics():
     """After weight averaging the moving statistics are stale; recalibration makes inference agree with
     batch statistics over the same images."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import get_args
 
 import numpy as np
+from pydantic import ValidationError
 
 from lungct.calibration import fit_calibration, valid_calibration
 from lungct.config import ModelConfig, PreprocessConfig, TrainConfig
@@ -83,6 +84,31 @@ class EpochSummary:
         return _Summary()
 
 
+class WeightAverage:
+    """A Keras callback for stochastic weight averaging: the running mean of the trainable weights at the end
+    of every epoch from `first_epoch` (0-based) on replaces them when training ends (batch-norm statistics are
+    re-estimated afterwards)."""
+
+    def __new__(cls, first_epoch: int):
+        import keras
+
+        class _Average(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.mean, self.count = None, 0
+
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch < first_epoch:
+                    return
+                weights, self.count = [v.numpy() for v in self.model.trainable_weights], self.count + 1
+                self.mean = weights if self.mean is None else [m + (w - m) / self.count for m, w in zip(self.mean, weights)]
+
+            def on_train_end(self, logs=None):
+                for variable, mean in zip(self.model.trainable_weights, self.mean or []):
+                    variable.assign(mean)
+
+        return _Average()
+
+
 def fit(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg: ModelConfig, tcfg: TrainConfig):
     """Train `mcfg.ensemble` members (seeds seed, seed+1, ...) and average them; histories per member."""
     from lungct.model import average_ensemble
@@ -95,9 +121,20 @@ def fit(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg:
     return average_ensemble(members), histories
 
 
+def learning_rate_schedule(tcfg: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up, then a cosine decay to zero, or with SWA to swa_lr, held for the averaged epochs."""
+    import keras
+
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, steps_per_epoch * (tcfg.epochs - tcfg.warmup_epochs - tcfg.swa_epochs)),
+        warmup_target=tcfg.learning_rate, warmup_steps=steps_per_epoch * tcfg.warmup_epochs,
+        alpha=tcfg.swa_lr / tcfg.learning_rate if tcfg.swa_epochs else 0.0,
+    )
+
+
 def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, mcfg: ModelConfig, tcfg: TrainConfig):
     """Train one model from scratch for all epochs; with a valid set and a patience, early stopping on valid
-    accuracy (not with EMA, whose averaged weights Keras writes into the model when fit ends)."""
+    accuracy (not with EMA or SWA, whose averaged weights become the model when fit ends)."""
     import keras
 
     from lungct.model import build_model
@@ -105,11 +142,7 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
     keras.utils.set_random_seed(tcfg.seed)
     train = clean_training_set(train)
     model = build_model(mcfg, pcfg.size)
-    steps = int(np.ceil(len(train.labels) / tcfg.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(1, steps * (tcfg.epochs - tcfg.warmup_epochs)),
-        warmup_target=tcfg.learning_rate, warmup_steps=steps * tcfg.warmup_epochs,
-    )
+    schedule = learning_rate_schedule(tcfg, steps_per_epoch=int(np.ceil(len(train.labels) / tcfg.batch_size)))
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=tcfg.weight_decay, use_ema=tcfg.ema > 0,
                                          ema_momentum=tcfg.ema or 0.99),
@@ -117,6 +150,8 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
         metrics=["accuracy"],
     )
     callbacks = [EpochSummary(tcfg.epochs)]
+    if tcfg.swa_epochs:
+        callbacks.append(WeightAverage(tcfg.epochs - tcfg.swa_epochs))
     val_ds = None
     if valid is not None:
         val_ds = make_dataset(valid.images, valid.labels, 64)
@@ -131,14 +166,14 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
         validation_data=val_ds, epochs=tcfg.epochs,
         callbacks=callbacks, verbose=1,
     )
-    if tcfg.ema:
+    if tcfg.ema or tcfg.swa_epochs:
         recalibrate_batch_norm(model, train.images, tcfg.batch_size)
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
 def recalibrate_batch_norm(model, images: np.ndarray, batch_size: int, passes: int = 3) -> None:
     """Re-estimate batch-norm moving statistics for the model's current weights from forward passes in
-    training mode (averaged EMA weights do not match the statistics gathered along the way)."""
+    training mode (averaged EMA or SWA weights do not match the statistics gathered along the way)."""
     for _ in range(passes):
         for start in range(0, len(images), batch_size):
             model(images[start : start + batch_size], training=True)
@@ -214,7 +249,10 @@ def write_run(run_dir: Path, histories: list[dict], metrics: dict, logits: np.nd
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
-    pcfg, mcfg, tcfg = configs_from(args)
+    try:
+        pcfg, mcfg, tcfg = configs_from(args)
+    except ValidationError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     if args.resume and not (args.cv and (args.resume / "oof.npz").is_file()):
         raise SystemExit(f"error: --resume needs --cv and a CV run folder with oof.npz; {args.resume} has none")
     run_dir = args.resume or args.runs / stamp()
