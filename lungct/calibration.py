@@ -70,6 +70,8 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, class_bias: bool = T
 
 def cross_fitted(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, class_bias: bool = True) -> np.ndarray:
     """Probabilities of each fold with the calibration fitted on the other folds' logits."""
+    if len(np.unique(folds)) < 2:
+        raise ValueError("calibration out of fold needs at least two folds: each is calibrated on the others")
     probs = np.zeros(logits.shape, dtype=np.float32)
     for fold in np.unique(folds):
         held = folds == fold

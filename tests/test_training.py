@@ -455,6 +455,8 @@ def test_stopped_cross_validation_resumes_at_its_first_unfinished_fold(samples_d
     with pytest.raises(SystemExit, match="unfinished folds"):
         ensemble_cv.ensemble_report([run])
     partial = ensemble_cv.ensemble_report([run], finished_folds=True)["ensemble"]
+    with pytest.raises(SystemExit, match="calibration out of fold needs at least two folds"):
+        ensemble_cv.main([str(run), "--finished-folds", "--calibrate"])  # one finished fold: no other to fit on
     unstarted = tmp_path / "unstarted"  # a run stopped in its first fold
     unstarted.mkdir()
     np.savez(unstarted / "oof.npz", **{**stopped, "done": np.zeros(2, bool)})

@@ -154,10 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subsets", type=int, metavar="K",
                    help="score every ensemble of K of the runs and the spread of their scores")
     args = p.parse_args(argv)
-    if args.subsets is not None:
-        print_subsets(subsets_report(args.runs, args.subsets, args.mirror, args.finished_folds, args.calibrate))
-        return 0
-    report = ensemble_report(args.runs, args.mirror, args.finished_folds, args.calibrate)
+    try:
+        if args.subsets is not None:
+            print_subsets(subsets_report(args.runs, args.subsets, args.mirror, args.finished_folds, args.calibrate))
+            return 0
+        report = ensemble_report(args.runs, args.mirror, args.finished_folds, args.calibrate)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     for name, score in report.items():
         print(f"{name}: accuracy {score['accuracy_mean']:.4f} ± {score['accuracy_std']:.4f}, "
               f"macro-F1 {score['macro_f1_mean']:.4f} ± {score['macro_f1_std']:.4f}")
