@@ -96,9 +96,14 @@ class TrainConfig(_Frozen):
         return self
 
     @property
+    def averages_weights(self) -> bool:
+        """Whether the trained model is an average of weights (EMA or SWA), whose batch-norm statistics need re-estimating."""
+        return bool(self.ema or self.swa_epochs)
+
+    @property
     def stops_early(self) -> bool:
         """Whether members stop on valid accuracy (and so valid chooses their epoch): a patience, and no weight average."""
-        return bool(self.patience) and not self.ema and not self.swa_epochs
+        return bool(self.patience) and not self.averages_weights
 
 
 def _env(name: str, default: str) -> str:

@@ -166,7 +166,7 @@ def fit_one(train: LoadedSet, valid: LoadedSet | None, pcfg: PreprocessConfig, m
         validation_data=val_ds, epochs=tcfg.epochs,
         callbacks=callbacks, verbose=1,
     )
-    if tcfg.ema or tcfg.swa_epochs:
+    if tcfg.averages_weights:
         recalibrate_batch_norm(model, train.images, tcfg.batch_size)
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
